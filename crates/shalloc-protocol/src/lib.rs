@@ -1,0 +1,18 @@
+//! The one thing the shalloc client and the shalloc broker share: how they find each other and
+//! what they say.
+//!
+//! - [`rendezvous`]: where the broker's socket lives (a private per-user directory, one socket per
+//!   PID namespace) and the checks a directory must pass before anyone trusts it.
+//! - [`wire`]: the messages, each a small fixed-layout frame with a request id, encoded and decoded
+//!   by hand so that a hostile peer can only ever produce a [`wire::DecodeError`].
+//! - [`transport`]: sending and receiving one frame with at most one file descriptor over a
+//!   `SOCK_SEQPACKET` Unix socket (`SCM_RIGHTS`, `MSG_CMSG_CLOEXEC` on every receive, `MSG_NOSIGNAL`
+//!   on every send).
+//! - [`codes`]: the Win32 error codes both sides speak in.
+//!
+//! The block's bytes never cross the socket: only these frames and memfd descriptors do.
+
+pub mod codes;
+pub mod rendezvous;
+pub mod transport;
+pub mod wire;

@@ -1,0 +1,633 @@
+//! The messages, and their byte layout.
+//!
+//! Every frame is one `SOCK_SEQPACKET` record: an 8-byte header, then a body whose length is fixed
+//! by the kind (only a failure's reason text varies, and it is bounded). All integers are
+//! little-endian.
+//!
+//! ```text
+//! header: kind u16 | flags u16 (0) | request id u32
+//! ```
+//!
+//! Kinds `0x0001..0x3fff` are requests (client to broker), `0x8000..` replies, each echoing the id
+//! of the request it answers. Kinds `0x4000..0x7fff` are reserved for messages the broker sends
+//! unasked; they carry request id 0, which no request may use.
+//!
+//! Decoding never panics and never trusts a length: a frame is either exactly right for its kind or
+//! a [`DecodeError`].
+
+/// The protocol version spoken by this crate. The first frame on every connection is a
+/// [`Request::Hello`] carrying it; a broker that speaks another version refuses the connection.
+pub const VERSION: u32 = 1;
+
+/// The largest frame either side ever sends. A receiver reads into a buffer one byte larger and
+/// treats anything that fills it as oversized.
+pub const MAX_FRAME: usize = 256;
+
+/// The longest reason text a [`Reply::Failed`] carries; longer reasons are cut at a char boundary.
+pub const MAX_REASON: usize = MAX_FRAME - HEADER - 8;
+
+/// The request id reserved for messages the broker sends unasked.
+pub const UNASKED_ID: u32 = 0;
+
+const HEADER: usize = 8;
+
+/// A request from a client to the broker.
+///
+/// Process ids here are *names of tables*, never the caller's identity: the broker learns who is
+/// calling from the kernel (the connection's peer credentials), not from any field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// The first frame of a connection.
+    Hello {
+        /// The client's [`VERSION`].
+        version: u32,
+    },
+    /// Put the sealed memfd that travels with this frame into `target`'s table.
+    Alloc {
+        /// The process whose table receives the new handle.
+        target: u32,
+        /// The block's size in bytes; must equal the memfd's size.
+        size: u64,
+    },
+    /// Send back the memfd of `handle` in `owner`'s table, for the caller to map.
+    Lock {
+        /// The handle, as valid in `owner`'s table.
+        handle: u32,
+        /// The process whose table holds `handle`.
+        owner: u32,
+        /// Whether the caller wants to map it writable (it must then be allowed to write).
+        write: bool,
+    },
+    /// Close `handle` in `owner`'s table.
+    Free {
+        /// The handle to close.
+        handle: u32,
+        /// The process whose table holds `handle`.
+        owner: u32,
+    },
+    /// Duplicate `handle` from `from`'s table into `to`'s.
+    Map {
+        /// The handle, as valid in `from`'s table.
+        handle: u32,
+        /// The process whose table holds `handle`.
+        from: u32,
+        /// The process whose table receives the duplicate.
+        to: u32,
+    },
+}
+
+/// The broker's answer to one [`Request`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The answer to [`Request::Hello`].
+    Hello {
+        /// The broker's [`VERSION`].
+        version: u32,
+        /// The broker's process id, in the namespace both share.
+        broker_pid: u32,
+        /// The largest block the broker accepts, in bytes.
+        max_block: u64,
+    },
+    /// A handle value: the answer to [`Request::Alloc`] and [`Request::Map`].
+    Handle {
+        /// The new handle, valid in the table the request named.
+        handle: u32,
+    },
+    /// The answer to [`Request::Lock`]: the block's memfd travels with this frame.
+    Block {
+        /// The block's size in bytes.
+        size: u64,
+    },
+    /// Success with nothing to say: the answer to [`Request::Free`].
+    Done,
+    /// The request failed.
+    Failed {
+        /// The Win32 error code (see [`crate::codes`]).
+        code: u32,
+        /// Why, in words, for a person to read.
+        reason: String,
+    },
+}
+
+/// Why a frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The frame is shorter than the header.
+    #[error("frame of {0} bytes is shorter than the header")]
+    Truncated(usize),
+    /// The kind is not one this side understands.
+    #[error("unknown message kind {0:#06x}")]
+    UnknownKind(u16),
+    /// The body's length does not match its kind.
+    #[error("message kind {kind:#06x} with a body of {len} bytes")]
+    BadLength {
+        /// The frame's kind.
+        kind: u16,
+        /// The body length that arrived.
+        len: usize,
+    },
+    /// A field holds a value its kind does not allow (flags set, an id of 0, a bad boolean).
+    #[error("message kind {kind:#06x} has an invalid field: {what}")]
+    BadField {
+        /// The frame's kind.
+        kind: u16,
+        /// Which field, in words.
+        what: &'static str,
+    },
+}
+
+/// An encoded frame, ready to send: a fixed buffer, no allocation.
+#[derive(Clone)]
+pub struct Frame {
+    buf: [u8; MAX_FRAME],
+    len: usize,
+}
+
+impl Frame {
+    /// The encoded bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn new(kind: u16, id: u32) -> Self {
+        let mut frame = Frame {
+            buf: [0; MAX_FRAME],
+            len: 0,
+        };
+        frame.put(&kind.to_le_bytes());
+        frame.put(&0u16.to_le_bytes());
+        frame.put(&id.to_le_bytes());
+        frame
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        // Every caller in this module stays within MAX_FRAME by construction (fixed bodies, and a
+        // reason cut to MAX_REASON), so the slice below never goes out of bounds.
+        let end = self.len + bytes.len();
+        self.buf[self.len..end].copy_from_slice(bytes);
+        self.len = end;
+    }
+
+    fn u32(mut self, v: u32) -> Self {
+        self.put(&v.to_le_bytes());
+        self
+    }
+
+    fn u64(mut self, v: u64) -> Self {
+        self.put(&v.to_le_bytes());
+        self
+    }
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("bytes", &self.as_bytes())
+            .finish()
+    }
+}
+
+mod kind {
+    pub const HELLO: u16 = 0x0001;
+    pub const ALLOC: u16 = 0x0002;
+    pub const LOCK: u16 = 0x0003;
+    pub const FREE: u16 = 0x0004;
+    pub const MAP: u16 = 0x0005;
+
+    pub const R_HELLO: u16 = 0x8001;
+    pub const R_HANDLE: u16 = 0x8002;
+    pub const R_BLOCK: u16 = 0x8003;
+    pub const R_DONE: u16 = 0x8004;
+    pub const R_FAILED: u16 = 0x80ff;
+}
+
+/// Reads fixed-width little-endian fields off a body whose length was already checked.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn u32(&mut self) -> u32 {
+        let (head, rest) = self.0.split_at(4);
+        self.0 = rest;
+        u32::from_le_bytes([head[0], head[1], head[2], head[3]])
+    }
+
+    fn u64(&mut self) -> u64 {
+        let lo = u64::from(self.u32());
+        let hi = u64::from(self.u32());
+        lo | (hi << 32)
+    }
+}
+
+/// Splits a frame into (kind, id, body) after checking the header.
+fn header(bytes: &[u8]) -> Result<(u16, u32, &[u8]), DecodeError> {
+    if bytes.len() < HEADER {
+        return Err(DecodeError::Truncated(bytes.len()));
+    }
+    let kind = u16::from_le_bytes([bytes[0], bytes[1]]);
+    let flags = u16::from_le_bytes([bytes[2], bytes[3]]);
+    let id = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    if flags != 0 {
+        return Err(DecodeError::BadField {
+            kind,
+            what: "flags must be 0",
+        });
+    }
+    Ok((kind, id, &bytes[HEADER..]))
+}
+
+fn body_of(kind: u16, body: &[u8], len: usize) -> Result<Fields<'_>, DecodeError> {
+    if body.len() == len {
+        Ok(Fields(body))
+    } else {
+        Err(DecodeError::BadLength {
+            kind,
+            len: body.len(),
+        })
+    }
+}
+
+impl Request {
+    /// How many file descriptors must travel with this request.
+    pub fn fds(&self) -> usize {
+        match self {
+            Request::Alloc { .. } => 1,
+            _ => 0,
+        }
+    }
+
+    /// Encodes the request with request id `id` (which must not be [`UNASKED_ID`]).
+    pub fn encode(&self, id: u32) -> Frame {
+        match *self {
+            Request::Hello { version } => Frame::new(kind::HELLO, id).u32(version),
+            Request::Alloc { target, size } => {
+                Frame::new(kind::ALLOC, id).u32(target).u32(0).u64(size)
+            }
+            Request::Lock {
+                handle,
+                owner,
+                write,
+            } => Frame::new(kind::LOCK, id)
+                .u32(handle)
+                .u32(owner)
+                .u32(u32::from(write)),
+            Request::Free { handle, owner } => Frame::new(kind::FREE, id).u32(handle).u32(owner),
+            Request::Map { handle, from, to } => {
+                Frame::new(kind::MAP, id).u32(handle).u32(from).u32(to)
+            }
+        }
+    }
+
+    /// Decodes one frame into its request id and request.
+    pub fn decode(bytes: &[u8]) -> Result<(u32, Request), DecodeError> {
+        let (k, id, body) = header(bytes)?;
+        if id == UNASKED_ID {
+            return Err(DecodeError::BadField {
+                kind: k,
+                what: "request id 0 is reserved",
+            });
+        }
+        let request = match k {
+            kind::HELLO => {
+                let mut f = body_of(k, body, 4)?;
+                Request::Hello { version: f.u32() }
+            }
+            kind::ALLOC => {
+                let mut f = body_of(k, body, 16)?;
+                let target = f.u32();
+                if f.u32() != 0 {
+                    return Err(DecodeError::BadField {
+                        kind: k,
+                        what: "padding must be 0",
+                    });
+                }
+                Request::Alloc {
+                    target,
+                    size: f.u64(),
+                }
+            }
+            kind::LOCK => {
+                let mut f = body_of(k, body, 12)?;
+                let (handle, owner) = (f.u32(), f.u32());
+                let write = match f.u32() {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(DecodeError::BadField {
+                            kind: k,
+                            what: "write must be 0 or 1",
+                        });
+                    }
+                };
+                Request::Lock {
+                    handle,
+                    owner,
+                    write,
+                }
+            }
+            kind::FREE => {
+                let mut f = body_of(k, body, 8)?;
+                Request::Free {
+                    handle: f.u32(),
+                    owner: f.u32(),
+                }
+            }
+            kind::MAP => {
+                let mut f = body_of(k, body, 12)?;
+                Request::Map {
+                    handle: f.u32(),
+                    from: f.u32(),
+                    to: f.u32(),
+                }
+            }
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        Ok((id, request))
+    }
+}
+
+impl Reply {
+    /// How many file descriptors must travel with this reply.
+    pub fn fds(&self) -> usize {
+        match self {
+            Reply::Block { .. } => 1,
+            _ => 0,
+        }
+    }
+
+    /// A failure reply, with the reason cut to [`MAX_REASON`] bytes at a char boundary.
+    pub fn failed(code: u32, reason: impl Into<String>) -> Reply {
+        let mut reason = reason.into();
+        if reason.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
+        }
+        Reply::Failed { code, reason }
+    }
+
+    /// Encodes the reply to request `id`.
+    pub fn encode(&self, id: u32) -> Frame {
+        match self {
+            Reply::Hello {
+                version,
+                broker_pid,
+                max_block,
+            } => Frame::new(kind::R_HELLO, id)
+                .u32(*version)
+                .u32(*broker_pid)
+                .u64(*max_block),
+            Reply::Handle { handle } => Frame::new(kind::R_HANDLE, id).u32(*handle),
+            Reply::Block { size } => Frame::new(kind::R_BLOCK, id).u64(*size),
+            Reply::Done => Frame::new(kind::R_DONE, id),
+            Reply::Failed { code, reason } => {
+                // `failed` bounds the reason; a Failed built by hand is cut here the same way.
+                let Reply::Failed { reason, .. } = Reply::failed(*code, reason.as_str()) else {
+                    unreachable!("Reply::failed always builds Failed")
+                };
+                let len = reason.len() as u32; // at most MAX_REASON
+                let mut frame = Frame::new(kind::R_FAILED, id).u32(*code).u32(len);
+                frame.put(reason.as_bytes());
+                frame
+            }
+        }
+    }
+
+    /// Decodes one frame into the request id it answers and the reply.
+    pub fn decode(bytes: &[u8]) -> Result<(u32, Reply), DecodeError> {
+        let (k, id, body) = header(bytes)?;
+        let reply = match k {
+            kind::R_HELLO => {
+                let mut f = body_of(k, body, 16)?;
+                Reply::Hello {
+                    version: f.u32(),
+                    broker_pid: f.u32(),
+                    max_block: f.u64(),
+                }
+            }
+            kind::R_HANDLE => {
+                let mut f = body_of(k, body, 4)?;
+                Reply::Handle { handle: f.u32() }
+            }
+            kind::R_BLOCK => {
+                let mut f = body_of(k, body, 8)?;
+                Reply::Block { size: f.u64() }
+            }
+            kind::R_DONE => {
+                body_of(k, body, 0)?;
+                Reply::Done
+            }
+            kind::R_FAILED => {
+                if body.len() < 8 {
+                    return Err(DecodeError::BadLength {
+                        kind: k,
+                        len: body.len(),
+                    });
+                }
+                let (fixed, text) = body.split_at(8);
+                let mut f = Fields(fixed);
+                let code = f.u32();
+                let len = f.u32() as usize;
+                if len != text.len() || len > MAX_REASON {
+                    return Err(DecodeError::BadLength {
+                        kind: k,
+                        len: body.len(),
+                    });
+                }
+                let reason = String::from_utf8_lossy(text).into_owned();
+                Reply::Failed { code, reason }
+            }
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        Ok((id, reply))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Hello { version: VERSION },
+            Request::Alloc {
+                target: 42,
+                size: u64::MAX,
+            },
+            Request::Lock {
+                handle: 0x7fff_fffc,
+                owner: 1,
+                write: true,
+            },
+            Request::Lock {
+                handle: 4,
+                owner: u32::MAX,
+                write: false,
+            },
+            Request::Free {
+                handle: 8,
+                owner: 9,
+            },
+            Request::Map {
+                handle: 12,
+                from: 13,
+                to: 14,
+            },
+        ]
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        for (i, r) in requests().into_iter().enumerate() {
+            let id = i as u32 + 1;
+            assert_eq!(Request::decode(r.encode(id).as_bytes()), Ok((id, r)));
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let replies = vec![
+            Reply::Hello {
+                version: 1,
+                broker_pid: 77,
+                max_block: 1 << 40,
+            },
+            Reply::Handle { handle: 0x40 },
+            Reply::Block { size: 0 },
+            Reply::Done,
+            Reply::failed(6, "no handle 0x40 in process 12"),
+            Reply::failed(5, ""),
+        ];
+        for r in replies {
+            assert_eq!(Reply::decode(r.encode(3).as_bytes()), Ok((3, r)));
+        }
+    }
+
+    #[test]
+    fn long_reasons_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(MAX_FRAME);
+        let Reply::Failed { reason, .. } = Reply::failed(5, long) else {
+            panic!("not Failed")
+        };
+        assert!(reason.len() <= MAX_REASON && reason.len() >= MAX_REASON - 1);
+        let frame = Reply::Failed {
+            code: 5,
+            reason: "x".repeat(1000),
+        }
+        .encode(1);
+        assert!(frame.as_bytes().len() <= MAX_FRAME);
+        assert!(Reply::decode(frame.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_rejected() {
+        for r in requests() {
+            let frame = r.encode(5);
+            let bytes = frame.as_bytes();
+            for cut in 0..bytes.len() {
+                assert!(
+                    Request::decode(&bytes[..cut]).is_err(),
+                    "{r:?} cut at {cut}"
+                );
+            }
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            assert!(Request::decode(&longer).is_err(), "{r:?} extended");
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_rejected() {
+        let mut zero_id = Request::Free {
+            handle: 4,
+            owner: 1,
+        }
+        .encode(1)
+        .as_bytes()
+        .to_vec();
+        zero_id[4..8].copy_from_slice(&0u32.to_le_bytes());
+        assert!(matches!(
+            Request::decode(&zero_id),
+            Err(DecodeError::BadField { .. })
+        ));
+
+        let mut flags = Request::Free {
+            handle: 4,
+            owner: 1,
+        }
+        .encode(1)
+        .as_bytes()
+        .to_vec();
+        flags[2] = 1;
+        assert!(matches!(
+            Request::decode(&flags),
+            Err(DecodeError::BadField { .. })
+        ));
+
+        let mut write = Request::Lock {
+            handle: 4,
+            owner: 1,
+            write: true,
+        }
+        .encode(1)
+        .as_bytes()
+        .to_vec();
+        write[16] = 2;
+        assert!(matches!(
+            Request::decode(&write),
+            Err(DecodeError::BadField { .. })
+        ));
+
+        let mut unknown = Request::Free {
+            handle: 4,
+            owner: 1,
+        }
+        .encode(1)
+        .as_bytes()
+        .to_vec();
+        unknown[0] = 0x77;
+        assert_eq!(
+            Request::decode(&unknown),
+            Err(DecodeError::UnknownKind(0x0077))
+        );
+    }
+
+    #[test]
+    fn replies_are_not_requests() {
+        assert!(Request::decode(Reply::Done.encode(1).as_bytes()).is_err());
+        assert!(
+            Reply::decode(
+                Request::Free {
+                    handle: 4,
+                    owner: 1
+                }
+                .encode(1)
+                .as_bytes()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        // A cheap deterministic sweep; the fuzz target goes further.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % (MAX_FRAME as u64 + 2)) as usize;
+            let mut bytes = vec![0u8; len];
+            for (i, b) in bytes.iter_mut().enumerate() {
+                *b = (state >> (i % 8 * 8)) as u8 ^ i as u8;
+            }
+            if len >= 2 {
+                bytes[0] = (state % 6) as u8;
+                bytes[1] = if state & 1 == 0 { 0 } else { 0x80 };
+            }
+            let _ = Request::decode(&bytes);
+            let _ = Reply::decode(&bytes);
+        }
+    }
+}
