@@ -1,1 +1,120 @@
-//! placeholder
+//! The shalloc broker: the one process that outlives its clients and keeps every process's handle
+//! table, as wineserver does for Wine.
+//!
+//! It is per user and per PID namespace, listens on a `SOCK_SEQPACKET` socket in a private runtime
+//! directory (see [`shalloc_protocol::rendezvous`]), and serves from a single-threaded epoll loop.
+//! It never sees a block's bytes: clients create and fill memfds themselves and the broker moves
+//! only descriptors and small frames.
+//!
+//! - Who is calling comes from the kernel (`SO_PEERCRED`, `SO_PEERPIDFD`), never from a message.
+//! - A table belongs to a process, not to a number: it is pinned by a pidfd and dropped when that
+//!   process exits.
+//! - Touching another process's table follows ptrace's rule: same uids, target alive and dumpable.
+//!
+//! Run it with [`run`]; the `shalloc broker` command does, and clients start it on demand.
+
+mod block;
+mod failure;
+mod handlers;
+mod handles;
+pub mod log;
+mod process;
+mod startup;
+mod state;
+mod tables;
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use shalloc_protocol::rendezvous::{Rendezvous, runtime_dir};
+
+/// The default largest block: what a Win32 `DWORD` size can express.
+pub const DEFAULT_MAX_BLOCK: u64 = u32::MAX as u64;
+
+/// The default limit of handles in one process's table.
+pub const DEFAULT_MAX_HANDLES_PER_TABLE: usize = 65_536;
+
+/// How to run the broker.
+#[derive(Debug)]
+pub struct Config {
+    /// The runtime directory; `None` uses the same rule as clients.
+    pub runtime_dir: Option<PathBuf>,
+    /// Log to this file (appending) instead of stderr.
+    pub log_file: Option<PathBuf>,
+    /// The most detailed log level written.
+    pub log_level: log::Level,
+    /// A descriptor to write one byte to, and close, once the socket is listening.
+    pub ready_fd: Option<OwnedFd>,
+    /// The largest block accepted, in bytes.
+    pub max_block: u64,
+    /// The most handles one process's table may hold.
+    pub max_handles_per_table: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            runtime_dir: None,
+            log_file: None,
+            log_level: log::Level::Info,
+            ready_fd: None,
+            max_block: DEFAULT_MAX_BLOCK,
+            max_handles_per_table: DEFAULT_MAX_HANDLES_PER_TABLE,
+        }
+    }
+}
+
+/// Why the broker could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another broker serves this runtime directory and PID namespace.
+    #[error("a broker is already running in {dir}{}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning {
+        /// Its pid, when it wrote one.
+        pid: Option<u32>,
+        /// The runtime directory.
+        dir: PathBuf,
+    },
+    /// The runtime directory failed its checks.
+    #[error("{0}")]
+    RuntimeDir(std::io::Error),
+    /// A setup step failed.
+    #[error("{0}: {1}")]
+    Setup(String, std::io::Error),
+    /// The event loop failed.
+    #[error("event loop: {0}")]
+    Loop(std::io::Error),
+}
+
+/// Runs the broker until SIGTERM or SIGINT, then removes its socket.
+pub fn run(mut config: Config) -> Result<(), Error> {
+    let dir = config.runtime_dir.clone().unwrap_or_else(runtime_dir);
+    let rendezvous = Rendezvous::in_dir(dir).map_err(Error::RuntimeDir)?;
+    rendezvous.prepare_dir().map_err(Error::RuntimeDir)?;
+    let log_file = match &config.log_file {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(path)
+                .map_err(|e| Error::Setup(format!("cannot open log {}", path.display()), e))?,
+        ),
+        None => None,
+    };
+    let mut log = log::Log::new(log_file, config.log_level);
+    let _lock = startup::claim(&rendezvous)?;
+    startup::drop_ptrace_capability()?;
+    let nofile = startup::raise_nofile();
+    let signals = startup::signal_fd()?;
+    let listener = startup::listen(&rendezvous)?;
+    let mut seed = [0u8; 4];
+    let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
+    let ready = config.ready_fd.take();
+    log::log!(log, Info, "broker {} listening on {} (open files {nofile})", std::process::id(), rendezvous.socket().display());
+    let mut broker = state::Broker::new(config, listener, signals, log, nofile, u32::from_ne_bytes(seed))
+        .map_err(|e| Error::Setup("epoll".into(), e))?;
+    startup::notify_ready(ready);
+    let result = broker.run().map_err(Error::Loop);
+    let _ = std::fs::remove_file(rendezvous.socket());
+    result
+}

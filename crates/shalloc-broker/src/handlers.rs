@@ -1,0 +1,110 @@
+//! One handler per request, as wineserver has: each takes the kernel-verified caller and the
+//! request's fields, and answers with a reply (and, for a lock, the descriptor to send).
+//!
+//! The order of checks is the same everywhere and follows what Windows reports: the process id
+//! first (no such process, 87), then access (5), then the handle (6).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::rc::Rc;
+
+use shalloc_protocol::wire::Reply;
+
+use crate::block::Block;
+use crate::failure::Failure;
+use crate::process::{self, Process};
+use crate::state::Broker;
+use crate::tables::Table;
+
+/// What a handler produced: a reply, and the descriptor that travels with it, if any.
+pub(crate) type Answer<'a> = (Reply, Option<BorrowedFd<'a>>);
+
+impl Broker {
+    /// Resolves the table of `pid` for `caller`: checks the process and the access rule, and
+    /// creates the table when `create` is set. `Ok(None)` means the process has no table.
+    fn table(&mut self, caller: &Process, pid: u32, create: bool) -> Result<Option<&mut Table>, Failure> {
+        let fresh = if pid == caller.pid {
+            // The caller's own table. Its connection's pidfd pins it, so it is alive if that is.
+            if caller.has_exited() {
+                return Err(Failure::access_denied("the calling process has exited"));
+            }
+            if self.tables.live(pid).is_some() || !create {
+                None
+            } else {
+                let pidfd = caller.pidfd.try_clone().map_err(|e| Failure::no_resources(format!("dup: {e}")))?;
+                Some(Process { pid, pidfd })
+            }
+        } else {
+            process::check_caller(caller, self.uid)?;
+            let target = Process::open(pid)?;
+            process::check_target(&target, self.uid)?;
+            if self.tables.live(pid).is_some() || !create { None } else { Some(target) }
+        };
+        if let Some(process) = fresh {
+            self.watch_table(&process)?;
+            return Ok(Some(self.tables.insert(process)));
+        }
+        Ok(self.tables.live(pid))
+    }
+
+    /// `Alloc`: the caller made and sealed a memfd; put it into `target`'s table.
+    pub(crate) fn alloc(&mut self, caller: &Process, target: u32, size: u64, fd: OwnedFd) -> Result<Reply, Failure> {
+        let block = Block::accept(fd, size, self.config.max_block)?;
+        if self.tables.handle_count() >= self.max_live_handles() {
+            return Err(Failure::no_resources(format!(
+                "the broker holds {} handles, its limit (open files {})",
+                self.tables.handle_count(),
+                self.nofile
+            )));
+        }
+        let per_table = self.config.max_handles_per_table;
+        let table = self.table(caller, target, true)?.ok_or_else(|| Failure::access_denied("no table"))?;
+        if table.handles.len() >= per_table {
+            return Err(Failure::no_resources(format!(
+                "the table of process {target} already holds {per_table} handles, its limit"
+            )));
+        }
+        let handle = self
+            .tables
+            .put(target, Rc::new(block))
+            .ok_or_else(|| Failure::no_resources("no free handle value"))?;
+        Ok(Reply::Handle { handle })
+    }
+
+    /// `Lock`: send the block's memfd back for the caller to map.
+    pub(crate) fn lock(&mut self, caller: &Process, handle: u32, owner: u32, _write: bool) -> Result<Answer<'_>, Failure> {
+        let table = self.table(caller, owner, false)?;
+        let block = table
+            .and_then(|t| t.handles.get(&handle))
+            .ok_or_else(|| Failure::invalid_handle(handle, owner))?;
+        Ok((Reply::Block { size: block.size }, Some(block.fd.as_fd())))
+    }
+
+    /// `Free`: close the handle.
+    pub(crate) fn free(&mut self, caller: &Process, handle: u32, owner: u32) -> Result<Reply, Failure> {
+        let known = self.table(caller, owner, false)?.is_some_and(|t| t.handles.contains_key(&handle));
+        if !known {
+            return Err(Failure::invalid_handle(handle, owner));
+        }
+        self.tables.remove(owner, handle);
+        Ok(Reply::Done)
+    }
+
+    /// `Map`: duplicate a handle from one table into another.
+    pub(crate) fn map(&mut self, caller: &Process, handle: u32, from: u32, to: u32) -> Result<Reply, Failure> {
+        let block = self
+            .table(caller, from, false)?
+            .and_then(|t| t.handles.get(&handle))
+            .cloned()
+            .ok_or_else(|| Failure::invalid_handle(handle, from))?;
+        let per_table = self.config.max_handles_per_table;
+        if self.tables.handle_count() >= self.max_live_handles() {
+            return Err(Failure::no_resources("the broker is at its handle limit"));
+        }
+        let table = self.table(caller, to, true)?.ok_or_else(|| Failure::access_denied("no table"))?;
+        if table.handles.len() >= per_table {
+            return Err(Failure::no_resources(format!("the table of process {to} already holds {per_table} handles, its limit")));
+        }
+        let new = self.tables.put(to, block).ok_or_else(|| Failure::no_resources("no free handle value"))?;
+        Ok(Reply::Handle { handle: new })
+    }
+}

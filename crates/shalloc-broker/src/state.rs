@@ -1,0 +1,279 @@
+//! The broker's state and its event loop: one thread, one epoll set, no runtime.
+//!
+//! Three kinds of descriptors wake it: the listening socket (a client connects), a connection (a
+//! request arrived, or the client left), and a table's pidfd (its process exited, so its table is
+//! dropped and every handle in it closed). A signalfd for SIGTERM and SIGINT ends the loop cleanly.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use rustix::event::epoll;
+use rustix::io::Errno;
+use rustix::net::SocketFlags;
+
+use shalloc_protocol::codes;
+use shalloc_protocol::transport::{self, RecvBuf, RecvError};
+use shalloc_protocol::wire::{MAX_FRAME, Reply, Request, VERSION};
+
+use crate::Config;
+use crate::failure::Failure;
+use crate::log::{Log, log};
+use crate::process::Process;
+use crate::tables::Tables;
+
+const LISTENER: u64 = 0;
+const SIGNALS: u64 = 1;
+const FIRST_CONNECTION: u64 = 2;
+const TABLE_BIT: u64 = 1 << 63;
+
+/// Descriptors the broker keeps for itself beyond blocks: listener, epoll, signals, log, and some
+/// slack for pidfds and transient ones.
+const RESERVED_FDS: u64 = 64;
+
+/// Frames served from one connection per wake-up, so one busy client cannot starve the others.
+const FRAMES_PER_WAKE: usize = 64;
+
+/// One client connection, and the process the kernel says is behind it.
+#[derive(Debug)]
+struct Connection {
+    sock: OwnedFd,
+    peer: Process,
+    greeted: bool,
+}
+
+/// Everything the broker holds.
+#[derive(Debug)]
+pub(crate) struct Broker {
+    pub config: Config,
+    pub uid: u32,
+    pub nofile: u64,
+    pub tables: Tables,
+    pub log: Log,
+    epoll: OwnedFd,
+    listener: OwnedFd,
+    _signals: OwnedFd,
+    connections: HashMap<u64, Connection>,
+    next_token: u64,
+    served: u64,
+}
+
+/// Why a connection is being closed.
+enum Drop {
+    Left,
+    Violation(String),
+}
+
+impl Broker {
+    pub fn new(config: Config, listener: OwnedFd, signals: OwnedFd, log: Log, nofile: u64, seed: u32) -> std::io::Result<Self> {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        epoll::add(&epoll, &listener, epoll::EventData::new_u64(LISTENER), epoll::EventFlags::IN)?;
+        epoll::add(&epoll, &signals, epoll::EventData::new_u64(SIGNALS), epoll::EventFlags::IN)?;
+        Ok(Broker {
+            config,
+            uid: rustix::process::getuid().as_raw(),
+            nofile,
+            tables: Tables::new(seed),
+            log,
+            epoll,
+            listener,
+            _signals: signals,
+            connections: HashMap::new(),
+            next_token: FIRST_CONNECTION,
+            served: 0,
+        })
+    }
+
+    /// The most handles the broker will hold: each costs a descriptor, and it must keep room for
+    /// connections and its own.
+    pub fn max_live_handles(&self) -> usize {
+        let room = self.nofile.saturating_sub(RESERVED_FDS + self.connections.len() as u64);
+        usize::try_from(room).unwrap_or(usize::MAX)
+    }
+
+    /// Registers a table's pidfd, so that the table is dropped when its process exits.
+    pub fn watch_table(&mut self, process: &Process) -> Result<(), Failure> {
+        let token = TABLE_BIT | u64::from(process.pid);
+        epoll::add(&self.epoll, &process.pidfd, epoll::EventData::new_u64(token), epoll::EventFlags::IN)
+            .map_err(|e| Failure::no_resources(format!("cannot watch process {}: {e}", process.pid)))
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> std::io::Result<()> {
+        let mut events = Vec::with_capacity(256);
+        loop {
+            events.clear();
+            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            for event in events.iter().copied() {
+                let token = event.data.u64();
+                match token {
+                    LISTENER => self.accept_all(),
+                    SIGNALS => {
+                        log!(self.log, Info, "signal received; exiting with {} tables", self.tables.table_count());
+                        return Ok(());
+                    }
+                    t if t & TABLE_BIT != 0 => {
+                        let pid = (t & !TABLE_BIT) as u32;
+                        if self.tables.exited(pid) {
+                            let closed = self.tables.drop_table(pid);
+                            log!(self.log, Debug, "process {pid} exited; closed {closed} handles");
+                        }
+                    }
+                    t => self.serve(t),
+                }
+            }
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let sock = match rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+                Ok(sock) => sock,
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) | Err(Errno::CONNABORTED) => continue,
+                Err(e) => {
+                    log!(self.log, Warn, "accept failed: {e}");
+                    return;
+                }
+            };
+            match peer_process(&sock) {
+                Ok(peer) => {
+                    let token = self.next_token;
+                    self.next_token += 1;
+                    if let Err(e) = epoll::add(&self.epoll, &sock, epoll::EventData::new_u64(token), epoll::EventFlags::IN) {
+                        log!(self.log, Warn, "cannot watch a connection: {e}");
+                        continue;
+                    }
+                    log!(self.log, Debug, "process {} connected", peer.pid);
+                    self.connections.insert(token, Connection { sock, peer, greeted: false });
+                }
+                Err(e) => log!(self.log, Warn, "refused a connection whose peer cannot be identified: {e}"),
+            }
+        }
+    }
+
+    /// Serves the frames waiting on one connection.
+    fn serve(&mut self, token: u64) {
+        let Some(mut conn) = self.connections.remove(&token) else { return };
+        let mut buf: RecvBuf = [0; MAX_FRAME + 1];
+        let mut verdict = None;
+        for _ in 0..FRAMES_PER_WAKE {
+            let received = match transport::recv(conn.sock.as_fd(), &mut buf, true) {
+                Ok(received) => received,
+                Err(RecvError::WouldBlock) => break,
+                Err(RecvError::Closed) => {
+                    verdict = Some(Drop::Left);
+                    break;
+                }
+                Err(e) => {
+                    verdict = Some(Drop::Violation(e.to_string()));
+                    break;
+                }
+            };
+            if let Err(why) = self.answer(&mut conn, &buf[..received.len], received.fds) {
+                verdict = Some(why);
+                break;
+            }
+        }
+        match verdict {
+            None => {
+                self.connections.insert(token, conn);
+            }
+            Some(Drop::Left) => log!(self.log, Debug, "process {} disconnected", conn.peer.pid),
+            Some(Drop::Violation(why)) => {
+                log!(self.log, Warn, "dropped the connection of process {}: {why}", conn.peer.pid)
+            }
+        }
+        // Dropping `conn` closes the socket, which also takes it out of the epoll set.
+    }
+
+    /// Decodes one frame, runs its handler and sends the reply.
+    fn answer(&mut self, conn: &mut Connection, frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<(), Drop> {
+        let (id, request) = Request::decode(frame).map_err(|e| Drop::Violation(e.to_string()))?;
+        if fds.len() != request.fds() {
+            return Err(Drop::Violation(format!("{} descriptors with {request:?}", fds.len())));
+        }
+        self.served += 1;
+        if !conn.greeted {
+            return match request {
+                Request::Hello { version } if version == VERSION => {
+                    conn.greeted = true;
+                    let reply = Reply::Hello {
+                        version: VERSION,
+                        broker_pid: std::process::id(),
+                        max_block: self.config.max_block,
+                    };
+                    send(conn, &reply.encode(id), None)
+                }
+                Request::Hello { version } => {
+                    let reply = Reply::failed(
+                        codes::ERROR_REVISION_MISMATCH,
+                        format!("the broker speaks protocol {VERSION}, the client {version}"),
+                    );
+                    let _ = send(conn, &reply.encode(id), None);
+                    Err(Drop::Violation(format!("protocol version {version}")))
+                }
+                _ => Err(Drop::Violation("a request before Hello".into())),
+            };
+        }
+        log!(self.log, Debug, "process {}: {request:?}", conn.peer.pid);
+        let peer = &conn.peer;
+        let result = match request {
+            Request::Hello { .. } => return Err(Drop::Violation("a second Hello".into())),
+            Request::Alloc { target, size } => match fds.pop() {
+                Some(fd) => self.alloc(peer, target, size, fd),
+                None => return Err(Drop::Violation("Alloc without a descriptor".into())),
+            },
+            Request::Lock { handle, owner, write } => match self.lock(peer, handle, owner, write) {
+                Ok((reply, fd)) => return send(conn, &reply.encode(id), fd),
+                Err(failure) => Err(failure),
+            },
+            Request::Free { handle, owner } => self.free(peer, handle, owner),
+            Request::Map { handle, from, to } => self.map(peer, handle, from, to),
+        };
+        let reply = result.unwrap_or_else(|failure| {
+            log!(self.log, Debug, "process {}: failed: {}", conn.peer.pid, failure.reason);
+            failure.into_reply()
+        });
+        send(conn, &reply.encode(id), None)
+    }
+}
+
+/// Sends a reply without waiting: a client that does not read its replies fills its socket
+/// buffer, and is dropped rather than allowed to stall the broker.
+fn send(conn: &Connection, frame: &shalloc_protocol::wire::Frame, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), Drop> {
+    match transport::send(conn.sock.as_fd(), frame, fd, true) {
+        Ok(()) => Ok(()),
+        Err(Errno::PIPE) | Err(Errno::CONNRESET) => Err(Drop::Left),
+        Err(Errno::AGAIN) => Err(Drop::Violation("it does not read its replies".into())),
+        Err(e) => Err(Drop::Violation(format!("send failed: {e}"))),
+    }
+}
+
+/// The process at the other end of a fresh connection, as the kernel saw it at `connect` time:
+/// `SO_PEERPIDFD` pins exactly that process (Linux 6.5+); older kernels fall back to opening a pidfd
+/// for the `SO_PEERCRED` pid and checking that the credentials still name it.
+fn peer_process(sock: &OwnedFd) -> std::io::Result<Process> {
+    let cred = rustix::net::sockopt::socket_peercred(sock)?;
+    let pid = cred.pid.as_raw_nonzero().get() as u32;
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut raw: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `raw` and `len` are valid for writes and sized for an int, which SO_PEERPIDFD returns.
+    let rc = unsafe {
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&raw mut raw).cast(), &mut len)
+    };
+    if rc == 0 && raw >= 0 {
+        // SAFETY: the kernel just created this descriptor for us; nothing else owns it.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        return Ok(Process { pid, pidfd });
+    }
+    let process = Process::open(pid).map_err(|f| std::io::Error::other(f.reason))?;
+    if process.has_exited() {
+        return Err(std::io::Error::other("the peer exited"));
+    }
+    Ok(process)
+}
