@@ -11,7 +11,9 @@ use rustix::fs::{FileType, OFlags, SealFlags};
 use crate::failure::Failure;
 
 /// The seals every block must carry.
-pub(crate) const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK.union(SealFlags::GROW).union(SealFlags::SEAL);
+pub(crate) const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
 
 /// A validated block: its memfd and size.
 #[derive(Debug)]
@@ -24,24 +26,33 @@ impl Block {
     /// Validates `fd` as a block of `size` bytes, no larger than `max`.
     pub fn accept(fd: OwnedFd, size: u64, max: u64) -> Result<Block, Failure> {
         if size > max {
-            return Err(Failure::too_large(format!("a block of {size} bytes is over the broker's limit of {max}")));
+            return Err(Failure::too_large(format!(
+                "a block of {size} bytes is over the broker's limit of {max}"
+            )));
         }
-        let stat = rustix::fs::fstat(&fd).map_err(|e| Failure::invalid_block(format!("cannot stat the block: {e}")))?;
+        let stat = rustix::fs::fstat(&fd)
+            .map_err(|e| Failure::invalid_block(format!("cannot stat the block: {e}")))?;
         if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-            return Err(Failure::invalid_block("the descriptor sent is not a regular file"));
+            return Err(Failure::invalid_block(
+                "the descriptor sent is not a regular file",
+            ));
         }
         // Only shmem and hugetlbfs files have seals; anything else fails here.
-        let seals = rustix::fs::fcntl_get_seals(&fd)
-            .map_err(|_| Failure::invalid_block("the descriptor sent is not a memfd (it has no seals)"))?;
+        let seals = rustix::fs::fcntl_get_seals(&fd).map_err(|_| {
+            Failure::invalid_block("the descriptor sent is not a memfd (it has no seals)")
+        })?;
         if !seals.contains(REQUIRED_SEALS) {
             return Err(Failure::invalid_block(format!(
                 "the memfd is not sealed against shrinking, growing and re-sealing (seals {seals:?})"
             )));
         }
-        let mode = rustix::fs::fcntl_getfl(&fd)
-            .map_err(|e| Failure::invalid_block(format!("cannot read the block's access mode: {e}")))?;
+        let mode = rustix::fs::fcntl_getfl(&fd).map_err(|e| {
+            Failure::invalid_block(format!("cannot read the block's access mode: {e}"))
+        })?;
         if mode & OFlags::RWMODE != OFlags::RDWR {
-            return Err(Failure::invalid_block("the memfd is not open for reading and writing"));
+            return Err(Failure::invalid_block(
+                "the memfd is not open for reading and writing",
+            ));
         }
         if stat.st_size as u64 != size {
             return Err(Failure::invalid_block(format!(

@@ -12,11 +12,17 @@ pub(crate) struct Failure {
 
 impl Failure {
     pub fn no_such_process(reason: impl Into<String>) -> Self {
-        Failure { code: codes::ERROR_INVALID_PARAMETER, reason: reason.into() }
+        Failure {
+            code: codes::ERROR_INVALID_PARAMETER,
+            reason: reason.into(),
+        }
     }
 
     pub fn access_denied(reason: impl Into<String>) -> Self {
-        Failure { code: codes::ERROR_ACCESS_DENIED, reason: reason.into() }
+        Failure {
+            code: codes::ERROR_ACCESS_DENIED,
+            reason: reason.into(),
+        }
     }
 
     pub fn invalid_handle(handle: u32, owner: u32) -> Self {
@@ -27,15 +33,24 @@ impl Failure {
     }
 
     pub fn too_large(reason: impl Into<String>) -> Self {
-        Failure { code: codes::ERROR_NOT_ENOUGH_MEMORY, reason: reason.into() }
+        Failure {
+            code: codes::ERROR_NOT_ENOUGH_MEMORY,
+            reason: reason.into(),
+        }
     }
 
     pub fn no_resources(reason: impl Into<String>) -> Self {
-        Failure { code: codes::ERROR_NO_SYSTEM_RESOURCES, reason: reason.into() }
+        Failure {
+            code: codes::ERROR_NO_SYSTEM_RESOURCES,
+            reason: reason.into(),
+        }
     }
 
     pub fn invalid_block(reason: impl Into<String>) -> Self {
-        Failure { code: codes::ERROR_INVALID_PARAMETER, reason: reason.into() }
+        Failure {
+            code: codes::ERROR_INVALID_PARAMETER,
+            reason: reason.into(),
+        }
     }
 
     pub fn into_reply(self) -> Reply {

@@ -21,7 +21,12 @@ pub(crate) type Answer<'a> = (Reply, Option<BorrowedFd<'a>>);
 impl Broker {
     /// Resolves the table of `pid` for `caller`: checks the process and the access rule, and
     /// creates the table when `create` is set. `Ok(None)` means the process has no table.
-    fn table(&mut self, caller: &Process, pid: u32, create: bool) -> Result<Option<&mut Table>, Failure> {
+    fn table(
+        &mut self,
+        caller: &Process,
+        pid: u32,
+        create: bool,
+    ) -> Result<Option<&mut Table>, Failure> {
         let fresh = if pid == caller.pid {
             // The caller's own table. Its connection's pidfd pins it, so it is alive if that is.
             if caller.has_exited() {
@@ -30,14 +35,21 @@ impl Broker {
             if self.tables.live(pid).is_some() || !create {
                 None
             } else {
-                let pidfd = caller.pidfd.try_clone().map_err(|e| Failure::no_resources(format!("dup: {e}")))?;
+                let pidfd = caller
+                    .pidfd
+                    .try_clone()
+                    .map_err(|e| Failure::no_resources(format!("dup: {e}")))?;
                 Some(Process { pid, pidfd })
             }
         } else {
             process::check_caller(caller, self.uid)?;
             let target = Process::open(pid)?;
             process::check_target(&target, self.uid)?;
-            if self.tables.live(pid).is_some() || !create { None } else { Some(target) }
+            if self.tables.live(pid).is_some() || !create {
+                None
+            } else {
+                Some(target)
+            }
         };
         if let Some(process) = fresh {
             self.watch_table(&process)?;
@@ -47,7 +59,13 @@ impl Broker {
     }
 
     /// `Alloc`: the caller made and sealed a memfd; put it into `target`'s table.
-    pub(crate) fn alloc(&mut self, caller: &Process, target: u32, size: u64, fd: OwnedFd) -> Result<Reply, Failure> {
+    pub(crate) fn alloc(
+        &mut self,
+        caller: &Process,
+        target: u32,
+        size: u64,
+        fd: OwnedFd,
+    ) -> Result<Reply, Failure> {
         let block = Block::accept(fd, size, self.config.max_block)?;
         if self.tables.handle_count() >= self.max_live_handles() {
             return Err(Failure::no_resources(format!(
@@ -57,7 +75,9 @@ impl Broker {
             )));
         }
         let per_table = self.config.max_handles_per_table;
-        let table = self.table(caller, target, true)?.ok_or_else(|| Failure::access_denied("no table"))?;
+        let table = self
+            .table(caller, target, true)?
+            .ok_or_else(|| Failure::access_denied("no table"))?;
         if table.handles.len() >= per_table {
             return Err(Failure::no_resources(format!(
                 "the table of process {target} already holds {per_table} handles, its limit"
@@ -71,7 +91,13 @@ impl Broker {
     }
 
     /// `Lock`: send the block's memfd back for the caller to map.
-    pub(crate) fn lock(&mut self, caller: &Process, handle: u32, owner: u32, _write: bool) -> Result<Answer<'_>, Failure> {
+    pub(crate) fn lock(
+        &mut self,
+        caller: &Process,
+        handle: u32,
+        owner: u32,
+        _write: bool,
+    ) -> Result<Answer<'_>, Failure> {
         let table = self.table(caller, owner, false)?;
         let block = table
             .and_then(|t| t.handles.get(&handle))
@@ -80,8 +106,15 @@ impl Broker {
     }
 
     /// `Free`: close the handle.
-    pub(crate) fn free(&mut self, caller: &Process, handle: u32, owner: u32) -> Result<Reply, Failure> {
-        let known = self.table(caller, owner, false)?.is_some_and(|t| t.handles.contains_key(&handle));
+    pub(crate) fn free(
+        &mut self,
+        caller: &Process,
+        handle: u32,
+        owner: u32,
+    ) -> Result<Reply, Failure> {
+        let known = self
+            .table(caller, owner, false)?
+            .is_some_and(|t| t.handles.contains_key(&handle));
         if !known {
             return Err(Failure::invalid_handle(handle, owner));
         }
@@ -90,7 +123,13 @@ impl Broker {
     }
 
     /// `Map`: duplicate a handle from one table into another.
-    pub(crate) fn map(&mut self, caller: &Process, handle: u32, from: u32, to: u32) -> Result<Reply, Failure> {
+    pub(crate) fn map(
+        &mut self,
+        caller: &Process,
+        handle: u32,
+        from: u32,
+        to: u32,
+    ) -> Result<Reply, Failure> {
         let block = self
             .table(caller, from, false)?
             .and_then(|t| t.handles.get(&handle))
@@ -100,11 +139,18 @@ impl Broker {
         if self.tables.handle_count() >= self.max_live_handles() {
             return Err(Failure::no_resources("the broker is at its handle limit"));
         }
-        let table = self.table(caller, to, true)?.ok_or_else(|| Failure::access_denied("no table"))?;
+        let table = self
+            .table(caller, to, true)?
+            .ok_or_else(|| Failure::access_denied("no table"))?;
         if table.handles.len() >= per_table {
-            return Err(Failure::no_resources(format!("the table of process {to} already holds {per_table} handles, its limit")));
+            return Err(Failure::no_resources(format!(
+                "the table of process {to} already holds {per_table} handles, its limit"
+            )));
         }
-        let new = self.tables.put(to, block).ok_or_else(|| Failure::no_resources("no free handle value"))?;
+        let new = self
+            .tables
+            .put(to, block)
+            .ok_or_else(|| Failure::no_resources("no free handle value"))?;
         Ok(Reply::Handle { handle: new })
     }
 }

@@ -20,14 +20,20 @@ impl HandleValues {
     /// Starts at a point chosen from `seed`.
     pub fn new(seed: u32) -> Self {
         let span = (LIMIT - FIRST) / STEP;
-        HandleValues { next: FIRST + (seed % span) * STEP }
+        HandleValues {
+            next: FIRST + (seed % span) * STEP,
+        }
     }
 
     /// The next value for which `in_use` is false; `None` only when every value is in use.
     pub fn take(&mut self, in_use: impl Fn(u32) -> bool) -> Option<u32> {
         for _ in 0..(LIMIT - FIRST) / STEP {
             let value = self.next;
-            self.next = if value + STEP >= LIMIT { FIRST } else { value + STEP };
+            self.next = if value + STEP >= LIMIT {
+                FIRST
+            } else {
+                value + STEP
+            };
             if !in_use(value) {
                 return Some(value);
             }

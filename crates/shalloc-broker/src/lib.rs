@@ -110,9 +110,22 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     let mut seed = [0u8; 4];
     let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
     let ready = config.ready_fd.take();
-    log::log!(log, Info, "broker {} listening on {} (open files {nofile})", std::process::id(), rendezvous.socket().display());
-    let mut broker = state::Broker::new(config, listener, signals, log, nofile, u32::from_ne_bytes(seed))
-        .map_err(|e| Error::Setup("epoll".into(), e))?;
+    log::log!(
+        log,
+        Info,
+        "broker {} listening on {} (open files {nofile})",
+        std::process::id(),
+        rendezvous.socket().display()
+    );
+    let mut broker = state::Broker::new(
+        config,
+        listener,
+        signals,
+        log,
+        nofile,
+        u32::from_ne_bytes(seed),
+    )
+    .map_err(|e| Error::Setup("epoll".into(), e))?;
     startup::notify_ready(ready);
     let result = broker.run().map_err(Error::Loop);
     let _ = std::fs::remove_file(rendezvous.socket());

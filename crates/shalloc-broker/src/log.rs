@@ -37,8 +37,15 @@ impl Log {
         if !self.enabled(level) {
             return;
         }
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let line = format!("{}.{:03} {:5} {args}\n", now.as_secs(), now.subsec_millis(), format!("{level:?}").to_uppercase());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let line = format!(
+            "{}.{:03} {:5} {args}\n",
+            now.as_secs(),
+            now.subsec_millis(),
+            format!("{level:?}").to_uppercase()
+        );
         // A log that cannot be written must not take the broker down: drop the line.
         let _ = match &mut self.file {
             Some(f) => f.write_all(line.as_bytes()),

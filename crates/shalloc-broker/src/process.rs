@@ -31,14 +31,20 @@ impl Process {
     pub fn open(pid: u32) -> Result<Process, Failure> {
         let raw = i32::try_from(pid).ok().filter(|p| *p > 0);
         let Some(pid_raw) = raw.and_then(Pid::from_raw) else {
-            return Err(Failure::no_such_process(format!("{pid} is not a valid process id")));
+            return Err(Failure::no_such_process(format!(
+                "{pid} is not a valid process id"
+            )));
         };
         match rustix::process::pidfd_open(pid_raw, PidfdFlags::empty()) {
             Ok(pidfd) => Ok(Process { pid, pidfd }),
             Err(Errno::SRCH) => Err(Failure::no_such_process(format!("no process has id {pid}"))),
             // A thread id that is not a thread group leader: not a process.
-            Err(Errno::INVAL) => Err(Failure::no_such_process(format!("{pid} is a thread id, not a process id"))),
-            Err(e) => Err(Failure::no_resources(format!("cannot open a pidfd for process {pid}: {e}"))),
+            Err(Errno::INVAL) => Err(Failure::no_such_process(format!(
+                "{pid} is a thread id, not a process id"
+            ))),
+            Err(e) => Err(Failure::no_resources(format!(
+                "cannot open a pidfd for process {pid}: {e}"
+            ))),
         }
     }
 
@@ -52,7 +58,10 @@ impl Process {
 /// process exits.
 pub(crate) fn has_exited(pidfd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-    let zero = rustix::time::Timespec { tv_sec: 0, tv_nsec: 0 };
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     match rustix::event::poll(&mut fds, Some(&zero)) {
         Ok(0) => false,
         Ok(_) => true,
@@ -86,7 +95,9 @@ pub(crate) fn check_caller(caller: &Process, broker_uid: u32) -> Result<(), Fail
             "the caller's uids (real {}, effective {}, saved {}) are not all the broker's ({broker_uid})",
             ids[0], ids[1], ids[2]
         ))),
-        None => Err(Failure::access_denied("cannot read the caller's credentials")),
+        None => Err(Failure::access_denied(
+            "cannot read the caller's credentials",
+        )),
     }
 }
 
@@ -112,7 +123,11 @@ pub(crate) fn check_target(target: &Process, broker_uid: u32) -> Result<(), Fail
                 ids[0], ids[1], ids[2]
             )));
         }
-        None => return Err(Failure::access_denied(format!("cannot read the credentials of process {pid}"))),
+        None => {
+            return Err(Failure::access_denied(format!(
+                "cannot read the credentials of process {pid}"
+            )));
+        }
     }
     match ptrace_read {
         Ok(()) => Ok(()),
@@ -120,7 +135,9 @@ pub(crate) fn check_target(target: &Process, broker_uid: u32) -> Result<(), Fail
             "process {pid} is not dumpable (or runs with other gids): its table is closed to others, as it is to ptrace"
         ))),
         Err(Errno::SRCH) => Err(Failure::no_such_process(format!("process {pid} is gone"))),
-        Err(e) => Err(Failure::access_denied(format!("cannot check access to process {pid}: {e}"))),
+        Err(e) => Err(Failure::access_denied(format!(
+            "cannot check access to process {pid}: {e}"
+        ))),
     }
 }
 
@@ -136,7 +153,11 @@ fn kernel_allows_ptrace_read(pid: u32) -> Result<(), Errno> {
     if rc >= 0 {
         return Ok(());
     }
-    let errno = Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO));
+    let errno = Errno::from_raw_os_error(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    );
     if errno != Errno::NOSYS {
         return Err(errno);
     }

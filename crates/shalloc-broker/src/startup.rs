@@ -34,34 +34,49 @@ pub(crate) fn claim(rendezvous: &Rendezvous) -> Result<File, Error> {
         Err(Errno::WOULDBLOCK) => {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
-            return Err(Error::AlreadyRunning { pid: text.trim().parse().ok(), dir: rendezvous.dir().to_path_buf() });
+            return Err(Error::AlreadyRunning {
+                pid: text.trim().parse().ok(),
+                dir: rendezvous.dir().to_path_buf(),
+            });
         }
-        Err(e) => return Err(Error::Setup(format!("cannot lock {}", path.display()), e.into())),
+        Err(e) => {
+            return Err(Error::Setup(
+                format!("cannot lock {}", path.display()),
+                e.into(),
+            ));
+        }
     }
     let write_pid = |file: &mut File| -> std::io::Result<()> {
         file.set_len(0)?;
         file.rewind()?;
         writeln!(file, "{}", std::process::id())
     };
-    write_pid(&mut file).map_err(|e| Error::Setup(format!("cannot write {}", path.display()), e))?;
+    write_pid(&mut file)
+        .map_err(|e| Error::Setup(format!("cannot write {}", path.display()), e))?;
     Ok(file)
 }
 
-/// Gives up `CAP_SYS_PTRACE`, so that the kernel's ptrace access check (which the access rule
-/// relies on) treats non-dumpable processes as closed even when the broker runs as root.
+/// Takes `CAP_SYS_PTRACE` out of the effective set, so that the kernel's ptrace access check (which
+/// the access rule relies on) treats non-dumpable processes as closed even when the broker runs as
+/// root. It stays in the permitted set: the capability module also requires a target's permitted
+/// capabilities to be a subset of the checker's, and a root target has CAP_SYS_PTRACE permitted.
 pub(crate) fn drop_ptrace_capability() -> Result<(), Error> {
-    let caps = rustix::thread::capabilities(None).map_err(|e| Error::Setup("capget".into(), e.into()))?;
-    if !(caps.effective | caps.permitted).contains(CapabilitySet::SYS_PTRACE) {
+    let caps =
+        rustix::thread::capabilities(None).map_err(|e| Error::Setup("capget".into(), e.into()))?;
+    if !caps.effective.contains(CapabilitySet::SYS_PTRACE) {
         return Ok(());
     }
     let mut fewer = caps;
     fewer.effective.remove(CapabilitySet::SYS_PTRACE);
-    fewer.permitted.remove(CapabilitySet::SYS_PTRACE);
-    fewer.inheritable.remove(CapabilitySet::SYS_PTRACE);
-    rustix::thread::set_capabilities(None, fewer).map_err(|e| Error::Setup("capset".into(), e.into()))?;
-    let now = rustix::thread::capabilities(None).map_err(|e| Error::Setup("capget".into(), e.into()))?;
+    rustix::thread::set_capabilities(None, fewer)
+        .map_err(|e| Error::Setup("capset".into(), e.into()))?;
+    let now =
+        rustix::thread::capabilities(None).map_err(|e| Error::Setup("capget".into(), e.into()))?;
     if now.effective.contains(CapabilitySet::SYS_PTRACE) {
-        return Err(Error::Setup("CAP_SYS_PTRACE could not be dropped".into(), std::io::Error::other("capset")));
+        return Err(Error::Setup(
+            "CAP_SYS_PTRACE could not be dropped".into(),
+            std::io::Error::other("capset"),
+        ));
     }
     Ok(())
 }
@@ -71,9 +86,17 @@ pub(crate) fn drop_ptrace_capability() -> Result<(), Error> {
 pub(crate) fn raise_nofile() -> u64 {
     let limit = rustix::process::getrlimit(Resource::Nofile);
     if let Some(hard) = limit.maximum {
-        let _ = rustix::process::setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) });
+        let _ = rustix::process::setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            },
+        );
     }
-    rustix::process::getrlimit(Resource::Nofile).current.unwrap_or(u64::from(u32::MAX))
+    rustix::process::getrlimit(Resource::Nofile)
+        .current
+        .unwrap_or(u64::from(u32::MAX))
 }
 
 /// Blocks SIGTERM and SIGINT and returns a signalfd that becomes readable when one arrives.
@@ -88,11 +111,17 @@ pub(crate) fn signal_fd() -> Result<OwnedFd, Error> {
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(Error::Setup("cannot block SIGTERM".into(), std::io::Error::last_os_error()));
+            return Err(Error::Setup(
+                "cannot block SIGTERM".into(),
+                std::io::Error::last_os_error(),
+            ));
         }
         let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
         if fd < 0 {
-            return Err(Error::Setup("signalfd".into(), std::io::Error::last_os_error()));
+            return Err(Error::Setup(
+                "signalfd".into(),
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(OwnedFd::from_raw_fd(fd))
     }
@@ -114,7 +143,12 @@ pub(crate) fn listen(rendezvous: &Rendezvous) -> Result<OwnedFd, Error> {
     match std::fs::remove_file(&path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(Error::Setup(format!("cannot remove stale {}", path.display()), e)),
+        Err(e) => {
+            return Err(Error::Setup(
+                format!("cannot remove stale {}", path.display()),
+                e,
+            ));
+        }
     }
     rustix::net::bind(&sock, &addr).map_err(|e| setup("cannot bind", e))?;
     rustix::net::listen(&sock, 1024).map_err(|e| setup("cannot listen on", e))?;

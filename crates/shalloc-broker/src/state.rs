@@ -64,10 +64,27 @@ enum Drop {
 }
 
 impl Broker {
-    pub fn new(config: Config, listener: OwnedFd, signals: OwnedFd, log: Log, nofile: u64, seed: u32) -> std::io::Result<Self> {
+    pub fn new(
+        config: Config,
+        listener: OwnedFd,
+        signals: OwnedFd,
+        log: Log,
+        nofile: u64,
+        seed: u32,
+    ) -> std::io::Result<Self> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
-        epoll::add(&epoll, &listener, epoll::EventData::new_u64(LISTENER), epoll::EventFlags::IN)?;
-        epoll::add(&epoll, &signals, epoll::EventData::new_u64(SIGNALS), epoll::EventFlags::IN)?;
+        epoll::add(
+            &epoll,
+            &listener,
+            epoll::EventData::new_u64(LISTENER),
+            epoll::EventFlags::IN,
+        )?;
+        epoll::add(
+            &epoll,
+            &signals,
+            epoll::EventData::new_u64(SIGNALS),
+            epoll::EventFlags::IN,
+        )?;
         Ok(Broker {
             config,
             uid: rustix::process::getuid().as_raw(),
@@ -86,15 +103,22 @@ impl Broker {
     /// The most handles the broker will hold: each costs a descriptor, and it must keep room for
     /// connections and its own.
     pub fn max_live_handles(&self) -> usize {
-        let room = self.nofile.saturating_sub(RESERVED_FDS + self.connections.len() as u64);
+        let room = self
+            .nofile
+            .saturating_sub(RESERVED_FDS + self.connections.len() as u64);
         usize::try_from(room).unwrap_or(usize::MAX)
     }
 
     /// Registers a table's pidfd, so that the table is dropped when its process exits.
     pub fn watch_table(&mut self, process: &Process) -> Result<(), Failure> {
         let token = TABLE_BIT | u64::from(process.pid);
-        epoll::add(&self.epoll, &process.pidfd, epoll::EventData::new_u64(token), epoll::EventFlags::IN)
-            .map_err(|e| Failure::no_resources(format!("cannot watch process {}: {e}", process.pid)))
+        epoll::add(
+            &self.epoll,
+            &process.pidfd,
+            epoll::EventData::new_u64(token),
+            epoll::EventFlags::IN,
+        )
+        .map_err(|e| Failure::no_resources(format!("cannot watch process {}: {e}", process.pid)))
     }
 
     /// Runs until SIGTERM or SIGINT.
@@ -102,7 +126,11 @@ impl Broker {
         let mut events = Vec::with_capacity(256);
         loop {
             events.clear();
-            match epoll::wait(&self.epoll, rustix::buffer::spare_capacity(&mut events), None) {
+            match epoll::wait(
+                &self.epoll,
+                rustix::buffer::spare_capacity(&mut events),
+                None,
+            ) {
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -112,14 +140,23 @@ impl Broker {
                 match token {
                     LISTENER => self.accept_all(),
                     SIGNALS => {
-                        log!(self.log, Info, "signal received; exiting with {} tables", self.tables.table_count());
+                        log!(
+                            self.log,
+                            Info,
+                            "signal received; exiting with {} tables",
+                            self.tables.table_count()
+                        );
                         return Ok(());
                     }
                     t if t & TABLE_BIT != 0 => {
                         let pid = (t & !TABLE_BIT) as u32;
                         if self.tables.exited(pid) {
                             let closed = self.tables.drop_table(pid);
-                            log!(self.log, Debug, "process {pid} exited; closed {closed} handles");
+                            log!(
+                                self.log,
+                                Debug,
+                                "process {pid} exited; closed {closed} handles"
+                            );
                         }
                     }
                     t => self.serve(t),
@@ -130,7 +167,10 @@ impl Broker {
 
     fn accept_all(&mut self) {
         loop {
-            let sock = match rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+            let sock = match rustix::net::accept_with(
+                &self.listener,
+                SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            ) {
                 Ok(sock) => sock,
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) | Err(Errno::CONNABORTED) => continue,
@@ -143,21 +183,39 @@ impl Broker {
                 Ok(peer) => {
                     let token = self.next_token;
                     self.next_token += 1;
-                    if let Err(e) = epoll::add(&self.epoll, &sock, epoll::EventData::new_u64(token), epoll::EventFlags::IN) {
+                    if let Err(e) = epoll::add(
+                        &self.epoll,
+                        &sock,
+                        epoll::EventData::new_u64(token),
+                        epoll::EventFlags::IN,
+                    ) {
                         log!(self.log, Warn, "cannot watch a connection: {e}");
                         continue;
                     }
                     log!(self.log, Debug, "process {} connected", peer.pid);
-                    self.connections.insert(token, Connection { sock, peer, greeted: false });
+                    self.connections.insert(
+                        token,
+                        Connection {
+                            sock,
+                            peer,
+                            greeted: false,
+                        },
+                    );
                 }
-                Err(e) => log!(self.log, Warn, "refused a connection whose peer cannot be identified: {e}"),
+                Err(e) => log!(
+                    self.log,
+                    Warn,
+                    "refused a connection whose peer cannot be identified: {e}"
+                ),
             }
         }
     }
 
     /// Serves the frames waiting on one connection.
     fn serve(&mut self, token: u64) {
-        let Some(mut conn) = self.connections.remove(&token) else { return };
+        let Some(mut conn) = self.connections.remove(&token) else {
+            return;
+        };
         let mut buf: RecvBuf = [0; MAX_FRAME + 1];
         let mut verdict = None;
         for _ in 0..FRAMES_PER_WAKE {
@@ -184,17 +242,30 @@ impl Broker {
             }
             Some(Drop::Left) => log!(self.log, Debug, "process {} disconnected", conn.peer.pid),
             Some(Drop::Violation(why)) => {
-                log!(self.log, Warn, "dropped the connection of process {}: {why}", conn.peer.pid)
+                log!(
+                    self.log,
+                    Warn,
+                    "dropped the connection of process {}: {why}",
+                    conn.peer.pid
+                )
             }
         }
         // Dropping `conn` closes the socket, which also takes it out of the epoll set.
     }
 
     /// Decodes one frame, runs its handler and sends the reply.
-    fn answer(&mut self, conn: &mut Connection, frame: &[u8], mut fds: Vec<OwnedFd>) -> Result<(), Drop> {
+    fn answer(
+        &mut self,
+        conn: &mut Connection,
+        frame: &[u8],
+        mut fds: Vec<OwnedFd>,
+    ) -> Result<(), Drop> {
         let (id, request) = Request::decode(frame).map_err(|e| Drop::Violation(e.to_string()))?;
         if fds.len() != request.fds() {
-            return Err(Drop::Violation(format!("{} descriptors with {request:?}", fds.len())));
+            return Err(Drop::Violation(format!(
+                "{} descriptors with {request:?}",
+                fds.len()
+            )));
         }
         self.served += 1;
         if !conn.greeted {
@@ -227,7 +298,11 @@ impl Broker {
                 Some(fd) => self.alloc(peer, target, size, fd),
                 None => return Err(Drop::Violation("Alloc without a descriptor".into())),
             },
-            Request::Lock { handle, owner, write } => match self.lock(peer, handle, owner, write) {
+            Request::Lock {
+                handle,
+                owner,
+                write,
+            } => match self.lock(peer, handle, owner, write) {
                 Ok((reply, fd)) => return send(conn, &reply.encode(id), fd),
                 Err(failure) => Err(failure),
             },
@@ -235,7 +310,13 @@ impl Broker {
             Request::Map { handle, from, to } => self.map(peer, handle, from, to),
         };
         let reply = result.unwrap_or_else(|failure| {
-            log!(self.log, Debug, "process {}: failed: {}", conn.peer.pid, failure.reason);
+            log!(
+                self.log,
+                Debug,
+                "process {}: failed: {}",
+                conn.peer.pid,
+                failure.reason
+            );
             failure.into_reply()
         });
         send(conn, &reply.encode(id), None)
@@ -244,7 +325,11 @@ impl Broker {
 
 /// Sends a reply without waiting: a client that does not read its replies fills its socket
 /// buffer, and is dropped rather than allowed to stall the broker.
-fn send(conn: &Connection, frame: &shalloc_protocol::wire::Frame, fd: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), Drop> {
+fn send(
+    conn: &Connection,
+    frame: &shalloc_protocol::wire::Frame,
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<(), Drop> {
     match transport::send(conn.sock.as_fd(), frame, fd, true) {
         Ok(()) => Ok(()),
         Err(Errno::PIPE) | Err(Errno::CONNRESET) => Err(Drop::Left),
@@ -264,7 +349,13 @@ fn peer_process(sock: &OwnedFd) -> std::io::Result<Process> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `raw` and `len` are valid for writes and sized for an int, which SO_PEERPIDFD returns.
     let rc = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_PEERPIDFD, (&raw mut raw).cast(), &mut len)
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut raw).cast(),
+            &mut len,
+        )
     };
     if rc == 0 && raw >= 0 {
         // SAFETY: the kernel just created this descriptor for us; nothing else owns it.

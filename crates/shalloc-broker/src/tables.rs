@@ -28,13 +28,21 @@ pub(crate) struct Tables {
 
 impl Tables {
     pub fn new(seed: u32) -> Self {
-        Tables { by_pid: HashMap::new(), owner_of: HashMap::new(), values: HandleValues::new(seed) }
+        Tables {
+            by_pid: HashMap::new(),
+            owner_of: HashMap::new(),
+            values: HandleValues::new(seed),
+        }
     }
 
     /// The table of `pid`, if one exists and its process has not exited. A table whose process has
     /// exited is dropped here, before anyone can reach it, even if the exit event is still queued.
     pub fn live(&mut self, pid: u32) -> Option<&mut Table> {
-        if self.by_pid.get(&pid).is_some_and(|t| t.process.has_exited()) {
+        if self
+            .by_pid
+            .get(&pid)
+            .is_some_and(|t| t.process.has_exited())
+        {
             self.drop_table(pid);
         }
         self.by_pid.get_mut(&pid)
@@ -43,7 +51,10 @@ impl Tables {
     /// Adds an empty table for `process`, which must have none.
     pub fn insert(&mut self, process: Process) -> &mut Table {
         let pid = process.pid;
-        self.by_pid.entry(pid).or_insert(Table { process, handles: HashMap::new() })
+        self.by_pid.entry(pid).or_insert(Table {
+            process,
+            handles: HashMap::new(),
+        })
     }
 
     /// Puts `block` into `pid`'s table (which must exist) under a new handle value.
@@ -69,7 +80,9 @@ impl Tables {
 
     /// Drops `pid`'s table and closes all its handles (its process exited).
     pub fn drop_table(&mut self, pid: u32) -> usize {
-        let Some(table) = self.by_pid.remove(&pid) else { return 0 };
+        let Some(table) = self.by_pid.remove(&pid) else {
+            return 0;
+        };
         for handle in table.handles.keys() {
             self.owner_of.remove(handle);
         }
@@ -78,7 +91,9 @@ impl Tables {
 
     /// Whether `pid` has a table whose process has exited.
     pub fn exited(&self, pid: u32) -> bool {
-        self.by_pid.get(&pid).is_some_and(|t| t.process.has_exited())
+        self.by_pid
+            .get(&pid)
+            .is_some_and(|t| t.process.has_exited())
     }
 
     /// The number of live handles over all tables.

@@ -1,1 +1,157 @@
-fn main() {}
+//! `shalloc`: hand blocks of memory between processes from the shell, run the broker, or watch a
+//! two-process hand-off (`shalloc demo`).
+
+mod demo;
+mod transfer;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shalloc::{Handle, Pid};
+
+/// Hand a block of memory to another process (the SHAllocShared family on Linux).
+#[derive(Parser, Debug)]
+#[command(name = "shalloc", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Copy FILE (or stdin) into a new block in PID's table and print the handle.
+    Put {
+        /// The process whose table receives the handle ($$ for the calling shell).
+        #[arg(long = "to", value_name = "PID")]
+        to: u32,
+        /// The file to copy; stdin when absent.
+        file: Option<PathBuf>,
+    },
+    /// Write the bytes of block HANDLE (in PID's table) to FILE or stdout.
+    Get {
+        /// The handle, decimal or 0x-hex.
+        handle: Handle,
+        /// The process whose table holds the handle.
+        #[arg(long = "from", value_name = "PID")]
+        from: u32,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Free the handle after reading it.
+        #[arg(long)]
+        free: bool,
+    },
+    /// Close HANDLE in PID's table.
+    Free {
+        /// The handle, decimal or 0x-hex.
+        handle: Handle,
+        /// The process whose table holds the handle.
+        #[arg(long = "from", value_name = "PID")]
+        from: u32,
+    },
+    /// Duplicate HANDLE from one table into another and print the new handle.
+    Map {
+        /// The handle, decimal or 0x-hex.
+        handle: Handle,
+        /// The process whose table holds the handle.
+        #[arg(long = "from", value_name = "PID")]
+        from: u32,
+        /// The process whose table receives the duplicate.
+        #[arg(long = "to", value_name = "PID")]
+        to: u32,
+    },
+    /// Run the broker in the foreground (clients start one on demand when none runs).
+    Broker {
+        /// The runtime directory (default: $SHALLOC_RUNTIME_DIR, $XDG_RUNTIME_DIR/shalloc, /tmp/shalloc-UID).
+        #[arg(long, value_name = "DIR")]
+        runtime_dir: Option<PathBuf>,
+        /// Append the log to FILE instead of stderr.
+        #[arg(long, value_name = "FILE")]
+        log_file: Option<PathBuf>,
+        /// Write one byte to this inherited descriptor once listening (used by clients that start it).
+        #[arg(long, value_name = "FD", hide = true)]
+        ready_fd: Option<i32>,
+        /// Log every request.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Run a real two-process hand-off and tell what happened.
+    Demo,
+    /// The child side of `shalloc demo` (started by it).
+    #[command(hide = true)]
+    DemoChild,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Put { to, file } => transfer::put(Pid::from_raw(to), file.as_deref()),
+        Command::Get {
+            handle,
+            from,
+            output,
+            free,
+        } => transfer::get(handle, Pid::from_raw(from), output.as_deref(), free),
+        Command::Free { handle, from } => {
+            shalloc::free(handle, Pid::from_raw(from)).map_err(|e| e.to_string())
+        }
+        Command::Map { handle, from, to } => {
+            shalloc::map_handle(handle, Pid::from_raw(from), Pid::from_raw(to))
+                .map(|h| println!("{h}"))
+                .map_err(|e| e.to_string())
+        }
+        Command::Broker {
+            runtime_dir,
+            log_file,
+            ready_fd,
+            verbose,
+        } => broker(runtime_dir, log_file, ready_fd, verbose),
+        Command::Demo => demo::parent(),
+        Command::DemoChild => demo::child(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("shalloc: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn broker(
+    runtime_dir: Option<PathBuf>,
+    log_file: Option<PathBuf>,
+    ready_fd: Option<i32>,
+    verbose: bool,
+) -> Result<(), String> {
+    let ready_fd = match ready_fd {
+        Some(fd)
+            if fd > 2
+                && rustix::io::fcntl_getfd(
+                    // SAFETY: only used to ask whether the descriptor is open; not kept.
+                    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) },
+                )
+                .is_ok() =>
+        {
+            // SAFETY: the descriptor is open (checked above) and was handed to us, by whoever
+            // started us, to own: nothing else in this process uses it.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        }
+        Some(fd) => return Err(format!("--ready-fd {fd} is not an open descriptor above 2")),
+        None => None,
+    };
+    let config = shalloc_broker::Config {
+        runtime_dir,
+        log_file,
+        log_level: if verbose {
+            shalloc_broker::log::Level::Debug
+        } else {
+            shalloc_broker::log::Level::Info
+        },
+        ready_fd,
+        ..shalloc_broker::Config::default()
+    };
+    shalloc_broker::run(config).map_err(|e| e.to_string())
+}

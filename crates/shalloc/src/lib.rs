@@ -1,1 +1,85 @@
-//! placeholder
+//! Hand a block of memory to another process: the Windows shell's `SHAllocShared` family on Linux.
+//!
+//! A process copies a block into a *handle that lives in another process's handle table*, named by
+//! that process's id; whoever holds the handle and the owner's id can map the block
+//! ([`lock`]), unmap it (drop the [`View`]) and close the handle ([`free`]). The handle always
+//! travels together with the owner's [`Pid`] — over a pipe, a socket, a command line.
+//!
+//! ```
+//! use shalloc::{Pid, alloc, free, lock};
+//!
+//! // Allocate into our own table (any process id of the same user works the same way).
+//! let me = Pid::current();
+//! let handle = alloc(b"hello, other process", me)?;
+//!
+//! // Whoever knows (handle, me) can map it; writes are seen by every view, in every process.
+//! let view = lock(handle, me)?;
+//! assert_eq!(view.to_vec(), b"hello, other process");
+//! view.write_at(0, b"HELLO")?;
+//!
+//! // Freeing the handle leaves live views alone; the block goes with the last of both.
+//! free(handle, me)?;
+//! assert_eq!(&view.to_vec()[..5], b"HELLO");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Handing a block to another process
+//!
+//! The two ownership models of the shell both work:
+//!
+//! 1. Allocate into the **receiver's** table ([`alloc`] with its pid), send it the handle; it locks
+//!    with its own pid, reads, and frees.
+//! 2. Allocate into **your own** table, send `(handle, your pid)`; the other side locks it with your
+//!    pid and writes an answer; you read it and free.
+//!
+//! ```no_run
+//! # use shalloc::{Pid, Handle};
+//! # fn send_to_child(_: Handle) {}
+//! # let child = Pid::from_raw(4242);
+//! // Model 1, the sender's side: the block goes into the child's table.
+//! let handle = shalloc::alloc(b"a change notification", child)?;
+//! send_to_child(handle);
+//! // The child's side: shalloc::lock(handle, Pid::current()), read, then
+//! // shalloc::free(handle, Pid::current()).
+//! # Ok::<(), shalloc::Error>(())
+//! ```
+//!
+//! # How it works
+//!
+//! A block is a memfd the allocating process creates, fills and seals (it can never shrink or grow,
+//! so no reader can be made to `SIGBUS`). A per-user **broker** keeps every process's table, as
+//! wineserver does for Wine; the library starts it on demand (`shalloc broker` runs it in the
+//! foreground). The broker moves only descriptors, never bytes, and learns who is calling from the
+//! kernel. A process may touch another's table when ptrace would let it read that process: same
+//! user, and the target is dumpable.
+//!
+//! # Memory that others can write
+//!
+//! A [`View`] does not hand out `&[u8]` in safe code, because another process may change the bytes
+//! at any time: use [`View::read_at`], [`View::write_at`] and [`View::to_vec`], which copy with
+//! atomic accesses, or the `unsafe` slices under the rule they state.
+//!
+//! # C
+//!
+//! libshalloc.so and libshalloc.a export `SHAllocShared`, `SHLockShared`, `SHLockSharedEx`,
+//! `SHUnlockShared`, `SHFreeShared`, `SHMapHandle` and `SHGetSizeShared` with their Win32
+//! signatures, declared in `include/shalloc.h`; see [`capi`].
+
+mod api;
+mod block;
+pub mod capi;
+mod client;
+mod copy;
+mod error;
+mod ids;
+mod view;
+mod views;
+
+pub use api::{alloc, alloc_zeroed, broker_pid, free, lock, lock_read_only, map_handle};
+pub use client::spawn::{BROKER_ENV, find_broker_executable};
+pub use client::{BrokerInfo, TIMEOUT_ENV, broker_info};
+pub use error::{Error, Result};
+pub use ids::{Handle, ParseHandleError, Pid};
+pub use shalloc_protocol::rendezvous::RUNTIME_DIR_ENV;
+pub use view::{View, ViewError};
+pub use views::live_views;

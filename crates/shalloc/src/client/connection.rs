@@ -1,0 +1,184 @@
+//! One connection to the broker: connect, greet, and ask one question at a time.
+//!
+//! Every wait is bounded by a deadline: sends by `SO_SNDTIMEO`, replies by `poll`. A reply that
+//! answers an older request (one that timed out) is skipped by its request id, and a frame the
+//! broker sent unasked is skipped too until this client learns to use one.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+use shalloc_protocol::rendezvous::Rendezvous;
+use shalloc_protocol::transport::{self, RecvError};
+use shalloc_protocol::wire::{MAX_FRAME, Reply, Request, UNASKED_ID, VERSION};
+
+/// Why a call on a connection failed.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The connection broke (the broker died or closed it): a new connection may succeed.
+    Broken(String),
+    /// No answer before the deadline.
+    Timeout,
+    /// The broker said something that makes no sense here.
+    Protocol(String),
+}
+
+/// Why connecting failed.
+#[derive(Debug)]
+pub(crate) enum ConnectError {
+    /// Nothing listens on the socket: a broker may be started.
+    NotRunning,
+    /// Something else went wrong; starting a broker would not help.
+    Failed(String),
+}
+
+/// A greeted connection to the broker.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    sock: OwnedFd,
+    /// The process that opened it: after `fork`, a child must not use its parent's connection,
+    /// whose peer credentials name the parent.
+    pub owner_pid: u32,
+    next_id: u32,
+    /// The broker's pid, from its greeting.
+    pub broker_pid: u32,
+    /// The largest block the broker accepts.
+    pub max_block: u64,
+}
+
+impl Connection {
+    /// Connects to the broker of `rendezvous` and exchanges greetings.
+    pub fn open(rendezvous: &Rendezvous, deadline: Instant) -> Result<Connection, ConnectError> {
+        let sock = connect(rendezvous)?;
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        rustix::net::sockopt::set_socket_timeout(
+            &sock,
+            rustix::net::sockopt::Timeout::Send,
+            Some(timeout.max(std::time::Duration::from_millis(1))),
+        )
+        .map_err(|e| ConnectError::Failed(format!("setting the send timeout: {e}")))?;
+        let mut conn = Connection {
+            sock,
+            owner_pid: std::process::id(),
+            next_id: 1,
+            broker_pid: 0,
+            max_block: 0,
+        };
+        match conn.call(&Request::Hello { version: VERSION }, None, deadline) {
+            Ok((
+                Reply::Hello {
+                    version,
+                    broker_pid,
+                    max_block,
+                },
+                _,
+            )) if version == VERSION => {
+                conn.broker_pid = broker_pid;
+                conn.max_block = max_block;
+                Ok(conn)
+            }
+            Ok((Reply::Failed { reason, .. }, _)) => Err(ConnectError::Failed(format!(
+                "the broker refused us: {reason}"
+            ))),
+            Ok((other, _)) => Err(ConnectError::Failed(format!(
+                "unexpected greeting {other:?}"
+            ))),
+            Err(CallError::Broken(why)) => Err(ConnectError::Failed(format!(
+                "the broker closed the connection: {why}"
+            ))),
+            Err(CallError::Timeout) => Err(ConnectError::Failed(
+                "the broker did not answer in time".into(),
+            )),
+            Err(CallError::Protocol(why)) => Err(ConnectError::Failed(why)),
+        }
+    }
+
+    /// Sends `request` (with `fd` attached, when given) and waits for its reply until `deadline`.
+    pub fn call(
+        &mut self,
+        request: &Request,
+        fd: Option<BorrowedFd<'_>>,
+        deadline: Instant,
+    ) -> Result<(Reply, Option<OwnedFd>), CallError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1).max(1);
+        match transport::send(self.sock.as_fd(), &request.encode(id), fd, false) {
+            Ok(()) => {}
+            Err(Errno::AGAIN) => return Err(CallError::Timeout),
+            Err(e) => return Err(CallError::Broken(format!("send: {e}"))),
+        }
+        let mut buf = [0u8; MAX_FRAME + 1];
+        loop {
+            self.wait_readable(deadline)?;
+            let mut received = match transport::recv(self.sock.as_fd(), &mut buf, true) {
+                Ok(r) => r,
+                Err(RecvError::WouldBlock) => continue,
+                Err(RecvError::Closed) => {
+                    return Err(CallError::Broken("the broker closed the connection".into()));
+                }
+                Err(e) => return Err(CallError::Protocol(e.to_string())),
+            };
+            let (reply_id, reply) = Reply::decode(&buf[..received.len])
+                .map_err(|e| CallError::Protocol(e.to_string()))?;
+            if reply_id == UNASKED_ID || reply_id != id {
+                continue; // unasked, or the late answer to a request that timed out
+            }
+            if received.fds.len() != reply.fds() {
+                return Err(CallError::Protocol(format!(
+                    "{} descriptors with {reply:?}",
+                    received.fds.len()
+                )));
+            }
+            return Ok((reply, received.fds.pop()));
+        }
+    }
+
+    fn wait_readable(&self, deadline: Instant) -> Result<(), CallError> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(CallError::Timeout);
+            }
+            let timeout = rustix::time::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&timeout)) {
+                Ok(0) => return Err(CallError::Timeout),
+                Ok(_) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(CallError::Broken(format!("poll: {e}"))),
+            }
+        }
+    }
+}
+
+/// Opens a socket connected to the broker's listening socket.
+pub(crate) fn connect(rendezvous: &Rendezvous) -> Result<OwnedFd, ConnectError> {
+    let path = rendezvous.socket();
+    let addr = SocketAddrUnix::new(&path).map_err(|e| {
+        ConnectError::Failed(format!("socket path {} unusable: {e}", path.display()))
+    })?;
+    let sock = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| ConnectError::Failed(format!("socket: {e}")))?;
+    loop {
+        return match rustix::net::connect(&sock, &addr) {
+            Ok(()) => Ok(sock),
+            Err(Errno::INTR) => continue,
+            Err(Errno::NOENT) | Err(Errno::CONNREFUSED) => Err(ConnectError::NotRunning),
+            Err(e) => Err(ConnectError::Failed(format!(
+                "connecting to {}: {e}",
+                path.display()
+            ))),
+        };
+    }
+}

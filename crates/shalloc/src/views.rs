@@ -1,0 +1,136 @@
+//! The registry of live views in this process: address → length, size and owner.
+//!
+//! Unlocking takes any pointer inside a view and must unmap exactly that view, or refuse without
+//! touching anything (a pointer into no view, or into a view that is not the caller's to unmap).
+//! Mapping and unmapping happen under the registry lock, so no other thread can map a new view at
+//! an address between its removal here and its `munmap`.
+
+use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
+use std::ptr::NonNull;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rustix::mm::{MapFlags, ProtFlags};
+
+use crate::error::{Error, Result};
+
+/// Who may unmap a view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Owner {
+    /// Made by `SHLockShared`: `SHUnlockShared` unmaps it.
+    C,
+    /// Owned by a Rust [`View`](crate::View) guard: only its drop unmaps it.
+    Rust,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    /// Bytes mapped (the block's size rounded up to pages; one page for an empty block).
+    mapped: usize,
+    /// The block's size.
+    size: u64,
+    owner: Owner,
+}
+
+/// The registry's contents.
+#[derive(Debug, Default)]
+pub(crate) struct Registry(BTreeMap<usize, Record>);
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry(BTreeMap::new()));
+
+pub(crate) fn lock_registry() -> MutexGuard<'static, Registry> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a pointer could not be unmapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NotAView {
+    /// It is inside no live view.
+    Unknown,
+    /// It is inside a view that belongs to a Rust guard.
+    OwnedByRust,
+}
+
+fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+/// Maps `size` bytes of `fd` (read/write or read-only) and registers the view.
+///
+/// An empty block gets one inaccessible page, so that every lock still returns a distinct,
+/// non-null address.
+pub(crate) fn map(fd: BorrowedFd<'_>, size: u64, write: bool, owner: Owner) -> Result<NonNull<u8>> {
+    let len = usize::try_from(size).map_err(|_| Error::TooLarge {
+        size,
+        max: usize::MAX as u64,
+    })?;
+    let mut registry = lock_registry();
+    let (ptr, mapped) = if len == 0 {
+        // SAFETY: a fresh anonymous mapping at an address the kernel picks affects no existing memory.
+        let p = unsafe {
+            rustix::mm::mmap_anonymous(
+                std::ptr::null_mut(),
+                page_size(),
+                ProtFlags::empty(),
+                MapFlags::PRIVATE,
+            )
+        }
+        .map_err(|e| Error::os("mmap", e))?;
+        (p, page_size())
+    } else {
+        let prot = if write {
+            ProtFlags::READ | ProtFlags::WRITE
+        } else {
+            ProtFlags::READ
+        };
+        // SAFETY: a new shared mapping at an address the kernel picks affects no existing memory;
+        // the memfd is sealed against shrinking, so every mapped byte stays backed.
+        let p =
+            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
+                .map_err(|e| Error::os("mmap", e))?;
+        (p, len.div_ceil(page_size()) * page_size())
+    };
+    let ptr = NonNull::new(ptr.cast::<u8>())
+        .ok_or_else(|| Error::os("mmap", rustix::io::Errno::INVAL))?;
+    registry.0.insert(
+        ptr.as_ptr() as usize,
+        Record {
+            mapped,
+            size,
+            owner,
+        },
+    );
+    Ok(ptr)
+}
+
+impl Registry {
+    /// The start of the view containing `addr`, if any.
+    fn containing(&self, addr: usize) -> Option<(usize, Record)> {
+        let (&start, &record) = self.0.range(..=addr).next_back()?;
+        (addr < start + record.mapped).then_some((start, record))
+    }
+}
+
+/// Unmaps the view that contains `addr`, if `owner` may.
+pub(crate) fn unmap_containing(addr: usize, owner: Owner) -> std::result::Result<(), NotAView> {
+    let mut registry = lock_registry();
+    let (start, record) = registry.containing(addr).ok_or(NotAView::Unknown)?;
+    if record.owner != owner {
+        return Err(NotAView::OwnedByRust);
+    }
+    registry.0.remove(&start);
+    // SAFETY: [start, start + mapped) is exactly a mapping this registry made and still owned; it
+    // was just removed from the registry, so nothing else will use or unmap it.
+    let _ = unsafe { rustix::mm::munmap(start as *mut std::ffi::c_void, record.mapped) };
+    Ok(())
+}
+
+/// The size of the block whose view starts exactly at `addr`.
+pub(crate) fn size_at(addr: usize) -> Option<u64> {
+    lock_registry().0.get(&addr).map(|r| r.size)
+}
+
+/// The number of live views in this process (for tests and diagnostics).
+pub fn live_views() -> usize {
+    lock_registry().0.len()
+}
