@@ -36,6 +36,21 @@ pub type SIZE_T = usize;
 pub const TRUE: BOOL = 1;
 /// The Win32 false.
 pub const FALSE: BOOL = 0;
+/// Last error: the handle is not open in the named table.
+pub const ERROR_INVALID_HANDLE: DWORD = 6;
+/// Last error: the process id names no process.
+pub const ERROR_INVALID_PARAMETER: DWORD = 87;
+/// Last error: the process's table is closed to the caller (another user, not dumpable, a zombie).
+pub const ERROR_ACCESS_DENIED: DWORD = 5;
+/// Last error: out of memory, or a block larger than the broker allows.
+pub const ERROR_NOT_ENOUGH_MEMORY: DWORD = 8;
+/// Last error: a table, the user or the broker is at its handle limit.
+pub const ERROR_NO_SYSTEM_RESOURCES: DWORD = 1450;
+/// Last error: no broker could be reached or started.
+pub const ERROR_SERVICE_NOT_ACTIVE: DWORD = 1062;
+/// Last error: the pointer is in no live view (unlock), or not at the start of one (size).
+pub const ERROR_INVALID_ADDRESS: DWORD = 487;
+
 /// `SHMapHandle` option: close the handle in the source table after duplicating it.
 pub const DUPLICATE_CLOSE_SOURCE: DWORD = 0x1;
 
@@ -211,4 +226,28 @@ pub extern "C" fn shalloc_set_last_error(code: DWORD) {
 #[unsafe(no_mangle)]
 pub extern "C" fn shalloc_last_error_message() -> *const c_char {
     last_error::message()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_codes_match_the_protocol() {
+        assert_eq!(ERROR_INVALID_HANDLE, codes::ERROR_INVALID_HANDLE);
+        assert_eq!(ERROR_INVALID_PARAMETER, codes::ERROR_INVALID_PARAMETER);
+        assert_eq!(ERROR_ACCESS_DENIED, codes::ERROR_ACCESS_DENIED);
+        assert_eq!(ERROR_NOT_ENOUGH_MEMORY, codes::ERROR_NOT_ENOUGH_MEMORY);
+        assert_eq!(ERROR_NO_SYSTEM_RESOURCES, codes::ERROR_NO_SYSTEM_RESOURCES);
+        assert_eq!(ERROR_SERVICE_NOT_ACTIVE, codes::ERROR_SERVICE_NOT_ACTIVE);
+        assert_eq!(ERROR_INVALID_ADDRESS, codes::ERROR_INVALID_ADDRESS);
+    }
+
+    #[test]
+    fn handles_that_cannot_be_values_are_invalid() {
+        assert!(handle_of(std::ptr::null_mut()).is_err());
+        assert!(handle_of(usize::MAX as HANDLE).is_err());
+        assert!(handle_of(0x1_0000_0000usize as HANDLE).is_err());
+        assert_eq!(handle_of(0x40 as HANDLE).map(Handle::as_raw).ok(), Some(0x40));
+    }
 }
