@@ -27,9 +27,10 @@ pub(crate) unsafe fn from_shared(dst: &mut [u8], src: *const u8) {
             .load(Ordering::Relaxed);
         dst[at..at + 8].copy_from_slice(&v.to_ne_bytes());
     }
-    for i in head + words * 8..len {
+    let tail = head + words * 8;
+    for (i, d) in dst.iter_mut().enumerate().skip(tail) {
         // SAFETY: as for the head.
-        dst[i] = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
+        *d = unsafe { AtomicU8::from_ptr(src.add(i).cast_mut()) }.load(Ordering::Relaxed);
     }
 }
 
