@@ -62,7 +62,7 @@ pub(crate) fn alloc_contents(contents: Contents<'_>, to: Pid) -> Result<Handle> 
 /// Copies `data` into a new block and puts a handle to it into the table of process `to`
 /// (`SHAllocShared`). The caller's own id is allowed, and common.
 ///
-/// ```
+/// ```no_run
 /// let handle = shalloc::alloc(b"hello", shalloc::Pid::current())?;
 /// let view = shalloc::lock(handle, shalloc::Pid::current())?;
 /// assert_eq!(view.to_vec(), b"hello");

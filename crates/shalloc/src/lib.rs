@@ -5,7 +5,7 @@
 //! ([`lock`]), unmap it (drop the [`View`]) and close the handle ([`free`]). The handle always
 //! travels together with the owner's [`Pid`] — over a pipe, a socket, a command line.
 //!
-//! ```
+//! ```no_run
 //! use shalloc::{Pid, alloc, free, lock};
 //!
 //! // Allocate into our own table (any process id of the same user works the same way).
@@ -22,6 +22,9 @@
 //! assert_eq!(&view.to_vec()[..5], b"HELLO");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! (The examples here compile but do not run as doc tests, which have no private broker;
+//! `examples/handoff.rs` runs in the test suite.)
 //!
 //! # Handing a block to another process
 //!
