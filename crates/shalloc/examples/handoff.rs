@@ -13,13 +13,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if std::env::args().nth(1).as_deref() == Some("child") {
         return child();
     }
-    let mut child = Command::new(std::env::current_exe()?).arg("child").stdin(Stdio::piped()).spawn()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("child")
+        .stdin(Stdio::piped())
+        .spawn()?;
     let child_pid = Pid::from_raw(child.id());
     let handle = shalloc::alloc(b"ping", child_pid)?; // into the child's table
     let view = shalloc::lock(handle, child_pid)?; // our own window on it
     writeln!(child.stdin.take().ok_or("no stdin")?, "{handle}")?;
     let status = child.wait()?;
-    println!("parent: the child exited ({status}); the block now says {:?}", String::from_utf8(view.to_vec())?);
+    println!(
+        "parent: the child exited ({status}); the block now says {:?}",
+        String::from_utf8(view.to_vec())?
+    );
     assert_eq!(view.to_vec(), b"pong");
     Ok(())
 }
@@ -30,7 +36,10 @@ fn child() -> Result<(), Box<dyn std::error::Error>> {
     let handle: Handle = line.trim().parse()?;
     let me = Pid::current();
     let view = shalloc::lock(handle, me)?;
-    println!("child: got {:?} through {handle}", String::from_utf8(view.to_vec())?);
+    println!(
+        "child: got {:?} through {handle}",
+        String::from_utf8(view.to_vec())?
+    );
     view.write_at(0, b"pong")?;
     drop(view);
     shalloc::free(handle, me)?;

@@ -17,7 +17,11 @@ fn repo() -> &'static Path {
 
 /// Runs `cmd` to completion within `limit`, killing it (by pid) if it overruns.
 fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
@@ -31,20 +35,35 @@ fn run(cmd: &mut Command, limit: Duration) -> Output {
 
 fn ok(out: &Output) -> String {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "{}\nstdout: {text}\nstderr: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\nstdout: {text}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     text
 }
 
 fn install(env: &TestEnv) -> std::path::PathBuf {
     let prefix = env.dir.join("prefix");
     let script = repo().join("scripts/install.sh");
-    ok(&run(Command::new("bash").arg(script).arg("--from").arg(&env.target_dir).arg(&prefix), Duration::from_secs(30)));
+    ok(&run(
+        Command::new("bash")
+            .arg(script)
+            .arg("--from")
+            .arg(&env.target_dir)
+            .arg(&prefix),
+        Duration::from_secs(30),
+    ));
     prefix
 }
 
 fn pkg_config(prefix: &Path, args: &[&str]) -> Vec<String> {
     let out = run(
-        Command::new("pkg-config").args(args).arg("shalloc").env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
+        Command::new("pkg-config")
+            .args(args)
+            .arg("shalloc")
+            .env("PKG_CONFIG_PATH", prefix.join("lib/pkgconfig")),
         Duration::from_secs(10),
     );
     ok(&out).split_whitespace().map(String::from).collect()
@@ -54,24 +73,42 @@ fn pkg_config(prefix: &Path, args: &[&str]) -> Vec<String> {
 fn readme_c_example_builds_with_pkg_config_and_runs() {
     let env = TestEnv::new();
     let prefix = install(&env);
-    assert!(prefix.join("lib/libshalloc.so.0").exists() && prefix.join("include/shalloc.h").exists());
+    assert!(
+        prefix.join("lib/libshalloc.so.0").exists() && prefix.join("include/shalloc.h").exists()
+    );
     let exe = env.dir.join("handoff");
     let flags = pkg_config(&prefix, &["--cflags", "--libs"]);
     let rpath = format!("-Wl,-rpath,{}", prefix.join("lib").display());
     ok(&run(
-        Command::new("cc").arg(repo().join("examples/handoff.c")).args(&flags).arg(rpath).arg("-o").arg(&exe),
+        Command::new("cc")
+            .arg(repo().join("examples/handoff.c"))
+            .args(&flags)
+            .arg(rpath)
+            .arg("-o")
+            .arg(&exe),
         Duration::from_secs(60),
     ));
     // The installed library finds the installed command (../bin from its directory) on its own.
-    let out = ok(&run(Command::new(&exe).env_remove("SHALLOC_BROKER"), Duration::from_secs(20)));
-    assert!(out.contains("child read: what is six times seven?"), "{out}");
+    let out = ok(&run(
+        Command::new(&exe).env_remove("SHALLOC_BROKER"),
+        Duration::from_secs(20),
+    ));
+    assert!(
+        out.contains("child read: what is six times seven?"),
+        "{out}"
+    );
     assert!(out.contains("parent read the answer: 42"), "{out}");
 }
 
 #[test]
 fn shared_library_has_its_soname() {
     let env = TestEnv::new();
-    let out = ok(&run(Command::new("readelf").arg("-d").arg(env.target_dir.join("libshalloc.so")), Duration::from_secs(10)));
+    let out = ok(&run(
+        Command::new("readelf")
+            .arg("-d")
+            .arg(env.target_dir.join("libshalloc.so")),
+        Duration::from_secs(10),
+    ));
     assert!(out.contains("Library soname: [libshalloc.so.0]"), "{out}");
 }
 
@@ -85,7 +122,13 @@ fn readme_c_example_links_statically() {
     let static_lib = prefix.join("lib/libshalloc.a");
     let libs: Vec<_> = libs.into_iter().filter(|l| l != "-lshalloc").collect();
     ok(&run(
-        Command::new("cc").arg(repo().join("examples/handoff.c")).args(&cflags).arg("-o").arg(&exe).arg(static_lib).args(&libs),
+        Command::new("cc")
+            .arg(repo().join("examples/handoff.c"))
+            .args(&cflags)
+            .arg("-o")
+            .arg(&exe)
+            .arg(static_lib)
+            .args(&libs),
         Duration::from_secs(60),
     ));
     let out = ok(&run(&mut Command::new(&exe), Duration::from_secs(20)));
@@ -96,7 +139,11 @@ fn readme_c_example_links_statically() {
 fn rust_example_hands_off() {
     let env = TestEnv::new();
     let exe = env.target_dir.join("examples/handoff");
-    assert!(exe.is_file(), "{} missing: cargo build --examples", exe.display());
+    assert!(
+        exe.is_file(),
+        "{} missing: cargo build --examples",
+        exe.display()
+    );
     let out = ok(&run(&mut Command::new(exe), Duration::from_secs(20)));
     assert!(out.contains("child: got \"ping\""), "{out}");
     assert!(out.contains("the block now says \"pong\""), "{out}");

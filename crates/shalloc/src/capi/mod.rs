@@ -248,6 +248,9 @@ mod tests {
         assert!(handle_of(std::ptr::null_mut()).is_err());
         assert!(handle_of(usize::MAX as HANDLE).is_err());
         assert!(handle_of(0x1_0000_0000usize as HANDLE).is_err());
-        assert_eq!(handle_of(0x40 as HANDLE).map(Handle::as_raw).ok(), Some(0x40));
+        assert_eq!(
+            handle_of(0x40 as HANDLE).map(Handle::as_raw).ok(),
+            Some(0x40)
+        );
     }
 }

@@ -24,7 +24,10 @@ pub struct TestEnv {
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test>-<hash>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 impl TestEnv {
@@ -36,8 +39,15 @@ impl TestEnv {
         );
         let target_dir = target_dir();
         let bin = target_dir.join("shalloc");
-        assert!(bin.is_file(), "{} is missing: run `cargo build` first", bin.display());
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        assert!(
+            bin.is_file(),
+            "{} is missing: run `cargo build` first",
+            bin.display()
+        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
         let dir = std::env::temp_dir().join(format!("shalloc-t-{}-{nanos}", std::process::id()));
         std::fs::create_dir(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -58,7 +68,10 @@ impl TestEnv {
     pub fn running_broker(&self) -> Option<u32> {
         let r = self.rendezvous();
         let file = std::fs::File::open(r.broker_lock()).ok()?;
-        match rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::NonBlockingLockShared) {
+        match rustix::fs::flock(
+            file.as_fd(),
+            rustix::fs::FlockOperation::NonBlockingLockShared,
+        ) {
             Ok(()) => None, // nobody holds it
             Err(_) => r.broker_pid_hint(),
         }
@@ -91,7 +104,10 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     let mut pause = Duration::from_millis(1);
     while !cond() {
-        assert!(Instant::now() < deadline, "condition not met within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(20));
     }
