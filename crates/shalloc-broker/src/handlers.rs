@@ -35,11 +35,14 @@ impl Broker {
             if self.tables.live(pid).is_some() || !create {
                 None
             } else {
-                let pidfd = caller
-                    .pidfd
-                    .try_clone()
-                    .map_err(|e| Failure::no_resources(format!("dup: {e}")))?;
-                Some(Process { pid, pidfd })
+                // A pidfd of its own, not a dup of the connection's: epoll watches an open file
+                // description until every fd to it is closed, so a shared one would keep a
+                // dropped table's registration (and its exit events) alive.
+                let process = Process::open(pid)?;
+                if caller.has_exited() {
+                    return Err(Failure::access_denied("the calling process has exited"));
+                }
+                Some(process)
             }
         } else {
             process::check_caller(caller, self.uid)?;
