@@ -4,7 +4,7 @@
 //! The order of checks is the same everywhere and follows what Windows reports: the process id
 //! first (no such process, 87), then access (5), then the handle (6).
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use shalloc_protocol::wire::Reply;
@@ -16,7 +16,11 @@ use crate::state::Broker;
 use crate::tables::Table;
 
 /// What a handler produced: a reply, and the descriptor that travels with it, if any.
-pub(crate) type Answer<'a> = (Reply, Option<BorrowedFd<'a>>);
+pub(crate) type Answer = Result<(Reply, Option<OwnedFd>), Failure>;
+
+fn plain(reply: Reply) -> Answer {
+    Ok((reply, None))
+}
 
 impl Broker {
     /// Resolves the table of `pid` for `caller`: checks the process and the access rule, and
@@ -68,7 +72,7 @@ impl Broker {
         target: u32,
         size: u64,
         fd: OwnedFd,
-    ) -> Result<Reply, Failure> {
+    ) -> Answer {
         let block = Block::accept(fd, size, self.config.max_block)?;
         if self.tables.handle_count() >= self.max_live_handles() {
             return Err(Failure::no_resources(format!(
@@ -90,7 +94,7 @@ impl Broker {
             .tables
             .put(target, Rc::new(block))
             .ok_or_else(|| Failure::no_resources("no free handle value"))?;
-        Ok(Reply::Handle { handle })
+        plain(Reply::Handle { handle })
     }
 
     /// `Lock`: send the block's memfd back for the caller to map.
@@ -100,21 +104,20 @@ impl Broker {
         handle: u32,
         owner: u32,
         _write: bool,
-    ) -> Result<Answer<'_>, Failure> {
+    ) -> Answer {
         let table = self.table(caller, owner, false)?;
         let block = table
             .and_then(|t| t.handles.get(&handle))
             .ok_or_else(|| Failure::invalid_handle(handle, owner))?;
-        Ok((Reply::Block { size: block.size }, Some(block.fd.as_fd())))
+        let fd = block
+            .fd
+            .try_clone()
+            .map_err(|e| Failure::no_resources(format!("dup: {e}")))?;
+        Ok((Reply::Block { size: block.size }, Some(fd)))
     }
 
     /// `Free`: close the handle.
-    pub(crate) fn free(
-        &mut self,
-        caller: &Process,
-        handle: u32,
-        owner: u32,
-    ) -> Result<Reply, Failure> {
+    pub(crate) fn free(&mut self, caller: &Process, handle: u32, owner: u32) -> Answer {
         let known = self
             .table(caller, owner, false)?
             .is_some_and(|t| t.handles.contains_key(&handle));
@@ -122,17 +125,11 @@ impl Broker {
             return Err(Failure::invalid_handle(handle, owner));
         }
         self.tables.remove(owner, handle);
-        Ok(Reply::Done)
+        plain(Reply::Done)
     }
 
     /// `Map`: duplicate a handle from one table into another.
-    pub(crate) fn map(
-        &mut self,
-        caller: &Process,
-        handle: u32,
-        from: u32,
-        to: u32,
-    ) -> Result<Reply, Failure> {
+    pub(crate) fn map(&mut self, caller: &Process, handle: u32, from: u32, to: u32) -> Answer {
         let block = self
             .table(caller, from, false)?
             .and_then(|t| t.handles.get(&handle))
@@ -154,6 +151,29 @@ impl Broker {
             .tables
             .put(to, block)
             .ok_or_else(|| Failure::no_resources("no free handle value"))?;
-        Ok(Reply::Handle { handle: new })
+        plain(Reply::Handle { handle: new })
+    }
+}
+
+impl Broker {
+    /// `Stop`: a process of the broker's user asks it to exit cleanly.
+    pub(crate) fn stop(&mut self, caller: &Process) -> Answer {
+        process::check_caller(caller, self.uid)?;
+        self.stopping = true;
+        plain(Reply::Done)
+    }
+
+    /// `List`: describe the broker and its tables, in a sealed memfd.
+    pub(crate) fn list(&mut self, caller: &Process, verbose: bool) -> Answer {
+        process::check_caller(caller, self.uid)?;
+        let text = crate::listing::describe(self, verbose).encode();
+        let fd = crate::listing::sealed_memfd(text.as_bytes())
+            .map_err(|e| Failure::no_resources(format!("cannot make the listing: {e}")))?;
+        Ok((
+            Reply::Listing {
+                size: text.len() as u64,
+            },
+            Some(fd),
+        ))
     }
 }

@@ -17,6 +17,7 @@ mod block;
 mod failure;
 mod handlers;
 mod handles;
+mod listing;
 pub mod log;
 mod process;
 mod startup;
@@ -49,6 +50,15 @@ pub struct Config {
     pub max_block: u64,
     /// The most handles one process's table may hold.
     pub max_handles_per_table: usize,
+    /// Exit after this long with no connections and no tables (brokers that clients start on
+    /// demand); `None` stays forever (a broker under a service manager).
+    pub idle_exit: Option<std::time::Duration>,
+    /// A listening socket inherited from a service manager (socket activation); `None` binds the
+    /// rendezvous socket itself.
+    pub listener: Option<OwnedFd>,
+    /// How long to wait for the broker lock when another broker still holds it (one that is just
+    /// exiting); zero fails at once.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for Config {
@@ -60,6 +70,9 @@ impl Default for Config {
             ready_fd: None,
             max_block: DEFAULT_MAX_BLOCK,
             max_handles_per_table: DEFAULT_MAX_HANDLES_PER_TABLE,
+            idle_exit: None,
+            listener: None,
+            lock_wait: std::time::Duration::ZERO,
         }
     }
 }
@@ -86,7 +99,8 @@ pub enum Error {
     Loop(std::io::Error),
 }
 
-/// Runs the broker until SIGTERM or SIGINT, then removes its socket.
+/// Runs the broker until SIGTERM, SIGINT, a Stop request or its idle time, then removes its
+/// socket (unless a service manager gave it the socket, which then stays the manager's).
 pub fn run(mut config: Config) -> Result<(), Error> {
     let dir = config.runtime_dir.clone().unwrap_or_else(runtime_dir);
     let rendezvous = Rendezvous::in_dir(dir).map_err(Error::RuntimeDir)?;
@@ -102,20 +116,30 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         None => None,
     };
     let mut log = log::Log::new(log_file, config.log_level);
-    let _lock = startup::claim(&rendezvous)?;
+    let _lock = startup::claim(&rendezvous, config.lock_wait)?;
     startup::drop_ptrace_capability()?;
     let nofile = startup::raise_nofile();
     let signals = startup::signal_fd()?;
-    let listener = startup::listen(&rendezvous)?;
+    let inherited = config.listener.take();
+    let activated = inherited.is_some();
+    let listener = match inherited {
+        Some(fd) => startup::adopt_listener(fd)?,
+        None => startup::listen(&rendezvous)?,
+    };
     let mut seed = [0u8; 4];
     let _ = rustix::rand::getrandom(&mut seed, rustix::rand::GetRandomFlags::empty());
     let ready = config.ready_fd.take();
     log::log!(
         log,
         Info,
-        "broker {} listening on {} (open files {nofile})",
+        "broker {} listening on {}{} (open files {nofile})",
         std::process::id(),
-        rendezvous.socket().display()
+        rendezvous.socket().display(),
+        if activated {
+            " (socket from the service manager)"
+        } else {
+            ""
+        }
     );
     let mut broker = state::Broker::new(
         config,
@@ -127,7 +151,10 @@ pub fn run(mut config: Config) -> Result<(), Error> {
     )
     .map_err(|e| Error::Setup("epoll".into(), e))?;
     startup::notify_ready(ready);
+    startup::notify_systemd();
     let result = broker.run().map_err(Error::Loop);
-    let _ = std::fs::remove_file(rendezvous.socket());
+    if !activated {
+        let _ = std::fs::remove_file(rendezvous.socket());
+    }
     result
 }

@@ -18,7 +18,7 @@ use crate::Error;
 
 /// Takes the broker lock of `rendezvous` for the life of the process and writes our pid into it.
 /// Fails with [`Error::AlreadyRunning`] when another broker holds it.
-pub(crate) fn claim(rendezvous: &Rendezvous) -> Result<File, Error> {
+pub(crate) fn claim(rendezvous: &Rendezvous, wait: std::time::Duration) -> Result<File, Error> {
     let path = rendezvous.broker_lock();
     let mut file = std::fs::OpenOptions::new()
         .read(true)
@@ -29,7 +29,20 @@ pub(crate) fn claim(rendezvous: &Rendezvous) -> Result<File, Error> {
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| Error::Setup(format!("cannot open {}", path.display()), e))?;
-    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+    let deadline = std::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(1);
+    let locked = loop {
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Err(Errno::WOULDBLOCK) if std::time::Instant::now() + pause < deadline => {
+                // A broker that is exiting (idle, or stopped) holds it for a moment longer.
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+            Err(Errno::INTR) => {}
+            other => break other,
+        }
+    };
+    match locked {
         Ok(()) => {}
         Err(Errno::WOULDBLOCK) => {
             let mut text = String::new();
@@ -161,4 +174,54 @@ pub(crate) fn notify_ready(ready: Option<OwnedFd>) {
         // Nobody may be listening any more (the starter timed out); that is not our failure.
         let _ = rustix::io::write(&fd, b"R");
     }
+}
+
+/// Takes over a listening socket a service manager passed (socket activation), after checking that
+/// it is a listening `SOCK_SEQPACKET` Unix socket.
+pub(crate) fn adopt_listener(fd: OwnedFd) -> Result<OwnedFd, Error> {
+    let kind = rustix::net::sockopt::socket_type(&fd)
+        .map_err(|e| Error::Setup("the inherited descriptor is not a socket".into(), e.into()))?;
+    let listening = rustix::net::sockopt::socket_acceptconn(&fd).unwrap_or(false);
+    if kind != SocketType::SEQPACKET || !listening {
+        return Err(Error::Setup(
+            "the inherited socket is not a listening SOCK_SEQPACKET socket (use ListenSequentialPacket=)".into(),
+            std::io::Error::other("wrong socket"),
+        ));
+    }
+    rustix::io::ioctl_fionbio(&fd, true)
+        .map_err(|e| Error::Setup("O_NONBLOCK".into(), e.into()))?;
+    let flags =
+        rustix::io::fcntl_getfd(&fd).map_err(|e| Error::Setup("F_GETFD".into(), e.into()))?;
+    rustix::io::fcntl_setfd(&fd, flags | rustix::io::FdFlags::CLOEXEC)
+        .map_err(|e| Error::Setup("F_SETFD".into(), e.into()))?;
+    Ok(fd)
+}
+
+/// Tells systemd the broker is ready, when it runs as a `Type=notify` service (`$NOTIFY_SOCKET`).
+pub(crate) fn notify_systemd() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddrUnix::new_abstract_name(name),
+        None => SocketAddrUnix::new(bytes.as_slice()),
+    };
+    let Ok(addr) = addr else { return };
+    let Ok(sock) = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return;
+    };
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    // Nothing to do if systemd does not listen: it will notice the missing notification itself.
+    let _ = rustix::net::sendto(
+        &sock,
+        message.as_bytes(),
+        rustix::net::SendFlags::NOSIGNAL,
+        &addr,
+    );
 }

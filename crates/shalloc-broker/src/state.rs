@@ -54,7 +54,30 @@ pub(crate) struct Broker {
     _signals: OwnedFd,
     connections: HashMap<u64, Connection>,
     next_token: u64,
-    served: u64,
+    pub stats: Stats,
+    /// Set by a Stop request: the loop ends after the current batch of events.
+    pub stopping: bool,
+}
+
+/// Counters for `shalloc ls`.
+#[derive(Debug)]
+pub(crate) struct Stats {
+    pub started: std::time::Instant,
+    /// (name, served, failed) per request kind, in first-seen order.
+    pub requests: Vec<(&'static str, u64, u64)>,
+}
+
+impl Stats {
+    fn record(&mut self, name: &'static str, ok: bool) {
+        let failed = u64::from(!ok);
+        match self.requests.iter_mut().find(|(n, _, _)| *n == name) {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 += failed;
+            }
+            None => self.requests.push((name, 1, failed)),
+        }
+    }
 }
 
 /// Why a connection is being closed.
@@ -96,7 +119,11 @@ impl Broker {
             _signals: signals,
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
-            served: 0,
+            stats: Stats {
+                started: std::time::Instant::now(),
+                requests: Vec::new(),
+            },
+            stopping: false,
         })
     }
 
@@ -107,6 +134,11 @@ impl Broker {
             .nofile
             .saturating_sub(RESERVED_FDS + self.connections.len() as u64);
         usize::try_from(room).unwrap_or(usize::MAX)
+    }
+
+    /// Open client connections.
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
     }
 
     /// Registers a table's pidfd, so that the table is dropped when its process exits.
@@ -126,11 +158,28 @@ impl Broker {
         let mut events = Vec::with_capacity(256);
         loop {
             events.clear();
+            let idle = self.connections.is_empty() && self.tables.table_count() == 0;
+            let timeout = match self.config.idle_exit {
+                Some(limit) if idle => Some(rustix::time::Timespec {
+                    tv_sec: limit.as_secs() as i64,
+                    tv_nsec: i64::from(limit.subsec_nanos()),
+                }),
+                _ => None,
+            };
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
-                None,
+                timeout.as_ref(),
             ) {
+                Ok(0) if timeout.is_some() => {
+                    log!(
+                        self.log,
+                        Info,
+                        "idle for {:?} with no clients and no tables; exiting",
+                        self.config.idle_exit
+                    );
+                    return Ok(());
+                }
                 Ok(_) => {}
                 Err(Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -161,6 +210,15 @@ impl Broker {
                     }
                     t => self.serve(t),
                 }
+            }
+            if self.stopping {
+                log!(
+                    self.log,
+                    Info,
+                    "asked to stop; exiting with {} tables",
+                    self.tables.table_count()
+                );
+                return Ok(());
             }
         }
     }
@@ -267,7 +325,6 @@ impl Broker {
                 fds.len()
             )));
         }
-        self.served += 1;
         if !conn.greeted {
             return match request {
                 Request::Hello { version } if version == VERSION => {
@@ -292,6 +349,7 @@ impl Broker {
         }
         log!(self.log, Debug, "process {}: {request:?}", conn.peer.pid);
         let peer = &conn.peer;
+        let name = request.name();
         let result = match request {
             Request::Hello { .. } => return Err(Drop::Violation("a second Hello".into())),
             Request::Alloc { target, size } => match fds.pop() {
@@ -302,24 +360,24 @@ impl Broker {
                 handle,
                 owner,
                 write,
-            } => match self.lock(peer, handle, owner, write) {
-                Ok((reply, fd)) => return send(conn, &reply.encode(id), fd),
-                Err(failure) => Err(failure),
-            },
+            } => self.lock(peer, handle, owner, write),
             Request::Free { handle, owner } => self.free(peer, handle, owner),
             Request::Map { handle, from, to } => self.map(peer, handle, from, to),
+            Request::Stop => self.stop(peer),
+            Request::List { verbose } => self.list(peer, verbose),
         };
-        let reply = result.unwrap_or_else(|failure| {
+        self.stats.record(name, result.is_ok());
+        let (reply, fd) = result.unwrap_or_else(|failure| {
             log!(
                 self.log,
                 Debug,
-                "process {}: failed: {}",
+                "process {}: {name} failed: {}",
                 conn.peer.pid,
                 failure.reason
             );
-            failure.into_reply()
+            (failure.into_reply(), None)
         });
-        send(conn, &reply.encode(id), None)
+        send(conn, &reply.encode(id), fd.as_ref().map(|f| f.as_fd()))
     }
 }
 

@@ -101,6 +101,11 @@ impl Tables {
         self.owner_of.len()
     }
 
+    /// Every table, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Table> {
+        self.by_pid.values()
+    }
+
     /// The number of tables.
     pub fn table_count(&self) -> usize {
         self.by_pid.len()

@@ -1,7 +1,9 @@
 //! `shalloc`: hand blocks of memory between processes from the shell, run the broker, or watch a
 //! two-process hand-off (`shalloc demo`).
 
+mod activation;
 mod demo;
+mod ls;
 mod transfer;
 
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -62,6 +64,17 @@ enum Command {
         #[arg(long = "to", value_name = "PID")]
         to: u32,
     },
+    /// Show the running broker and its tables.
+    Ls {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// List every handle with its size and seals.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Ask the running broker to exit cleanly.
+    Stop,
     /// Run the broker in the foreground (clients start one on demand when none runs).
     Broker {
         /// The runtime directory (default: $SHALLOC_RUNTIME_DIR, $XDG_RUNTIME_DIR/shalloc, /tmp/shalloc-UID).
@@ -73,6 +86,9 @@ enum Command {
         /// Write one byte to this inherited descriptor once listening (used by clients that start it).
         #[arg(long, value_name = "FD", hide = true)]
         ready_fd: Option<i32>,
+        /// Exit after SECS with no clients and no tables (clients that start a broker ask for this).
+        #[arg(long, value_name = "SECS")]
+        idle_exit: Option<u64>,
         /// Log every request.
         #[arg(short, long)]
         verbose: bool,
@@ -106,8 +122,15 @@ fn main() -> ExitCode {
             runtime_dir,
             log_file,
             ready_fd,
+            idle_exit,
             verbose,
-        } => broker(runtime_dir, log_file, ready_fd, verbose),
+        } => broker(runtime_dir, log_file, ready_fd, idle_exit, verbose),
+        Command::Ls { json, verbose } => ls::ls(json, verbose),
+        Command::Stop => match shalloc::admin::stop_broker() {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("no broker is running".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
         Command::Demo => demo::parent(),
         Command::DemoChild => demo::child(),
     };
@@ -124,6 +147,7 @@ fn broker(
     runtime_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
     ready_fd: Option<i32>,
+    idle_exit: Option<u64>,
     verbose: bool,
 ) -> Result<(), String> {
     let ready_fd = match ready_fd {
@@ -142,9 +166,20 @@ fn broker(
         Some(fd) => return Err(format!("--ready-fd {fd} is not an open descriptor above 2")),
         None => None,
     };
+    let started_by_client = ready_fd.is_some();
     let config = shalloc_broker::Config {
         runtime_dir,
         log_file,
+        idle_exit: idle_exit
+            .filter(|s| *s > 0)
+            .map(std::time::Duration::from_secs),
+        listener: activation::inherited_listener()?,
+        // A client starts us when it found no broker; the last one may still be exiting.
+        lock_wait: if started_by_client {
+            std::time::Duration::from_secs(2)
+        } else {
+            std::time::Duration::ZERO
+        },
         log_level: if verbose {
             shalloc_broker::log::Level::Debug
         } else {

@@ -9,10 +9,12 @@
 //!   `SOCK_SEQPACKET` Unix socket (`SCM_RIGHTS`, `MSG_CMSG_CLOEXEC` on every receive, `MSG_NOSIGNAL`
 //!   on every send).
 //! - [`codes`]: the Win32 error codes both sides speak in.
+//! - [`listing`]: the broker's description of itself and its tables, for `shalloc ls`.
 //!
 //! The block's bytes never cross the socket: only these frames and memfd descriptors do.
 
 pub mod codes;
+pub mod listing;
 pub mod rendezvous;
 pub mod transport;
 pub mod wire;

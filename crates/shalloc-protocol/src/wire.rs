@@ -74,6 +74,13 @@ pub enum Request {
         /// The process whose table receives the duplicate.
         to: u32,
     },
+    /// Ask the broker to exit cleanly (answered with [`Reply::Done`] first).
+    Stop,
+    /// Ask for a description of the broker and its tables, answered with [`Reply::Listing`].
+    List {
+        /// Include every handle, not only per-table totals.
+        verbose: bool,
+    },
 }
 
 /// The broker's answer to one [`Request`].
@@ -98,8 +105,14 @@ pub enum Reply {
         /// The block's size in bytes.
         size: u64,
     },
-    /// Success with nothing to say: the answer to [`Request::Free`].
+    /// Success with nothing to say: the answer to [`Request::Free`] and [`Request::Stop`].
     Done,
+    /// The answer to [`Request::List`]: a sealed memfd with the listing travels with this frame
+    /// (see [`crate::listing`]), so a listing of any length is one frame.
+    Listing {
+        /// The listing's length in bytes.
+        size: u64,
+    },
     /// The request failed.
     Failed {
         /// The Win32 error code (see [`crate::codes`]).
@@ -193,11 +206,14 @@ mod kind {
     pub const LOCK: u16 = 0x0003;
     pub const FREE: u16 = 0x0004;
     pub const MAP: u16 = 0x0005;
+    pub const STOP: u16 = 0x0006;
+    pub const LIST: u16 = 0x0007;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_HANDLE: u16 = 0x8002;
     pub const R_BLOCK: u16 = 0x8003;
     pub const R_DONE: u16 = 0x8004;
+    pub const R_LISTING: u16 = 0x8005;
     pub const R_FAILED: u16 = 0x80ff;
 }
 
@@ -247,6 +263,19 @@ fn body_of(kind: u16, body: &[u8], len: usize) -> Result<Fields<'_>, DecodeError
 }
 
 impl Request {
+    /// The request's name, for logs and statistics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Hello { .. } => "hello",
+            Request::Alloc { .. } => "alloc",
+            Request::Lock { .. } => "lock",
+            Request::Free { .. } => "free",
+            Request::Map { .. } => "map",
+            Request::Stop => "stop",
+            Request::List { .. } => "list",
+        }
+    }
+
     /// How many file descriptors must travel with this request.
     pub fn fds(&self) -> usize {
         match self {
@@ -274,6 +303,8 @@ impl Request {
             Request::Map { handle, from, to } => {
                 Frame::new(kind::MAP, id).u32(handle).u32(from).u32(to)
             }
+            Request::Stop => Frame::new(kind::STOP, id),
+            Request::List { verbose } => Frame::new(kind::LIST, id).u32(u32::from(verbose)),
         }
     }
 
@@ -339,6 +370,24 @@ impl Request {
                     to: f.u32(),
                 }
             }
+            kind::STOP => {
+                body_of(k, body, 0)?;
+                Request::Stop
+            }
+            kind::LIST => {
+                let mut f = body_of(k, body, 4)?;
+                let verbose = match f.u32() {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(DecodeError::BadField {
+                            kind: k,
+                            what: "verbose must be 0 or 1",
+                        });
+                    }
+                };
+                Request::List { verbose }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         Ok((id, request))
@@ -349,7 +398,7 @@ impl Reply {
     /// How many file descriptors must travel with this reply.
     pub fn fds(&self) -> usize {
         match self {
-            Reply::Block { .. } => 1,
+            Reply::Block { .. } | Reply::Listing { .. } => 1,
             _ => 0,
         }
     }
@@ -381,6 +430,7 @@ impl Reply {
             Reply::Handle { handle } => Frame::new(kind::R_HANDLE, id).u32(*handle),
             Reply::Block { size } => Frame::new(kind::R_BLOCK, id).u64(*size),
             Reply::Done => Frame::new(kind::R_DONE, id),
+            Reply::Listing { size } => Frame::new(kind::R_LISTING, id).u64(*size),
             Reply::Failed { code, reason } => {
                 // `failed` bounds the reason; a Failed built by hand is cut here the same way.
                 let Reply::Failed { reason, .. } = Reply::failed(*code, reason.as_str()) else {
@@ -417,6 +467,10 @@ impl Reply {
             kind::R_DONE => {
                 body_of(k, body, 0)?;
                 Reply::Done
+            }
+            kind::R_LISTING => {
+                let mut f = body_of(k, body, 8)?;
+                Reply::Listing { size: f.u64() }
             }
             kind::R_FAILED => {
                 if body.len() < 8 {
@@ -496,6 +550,7 @@ mod tests {
             Reply::Handle { handle: 0x40 },
             Reply::Block { size: 0 },
             Reply::Done,
+            Reply::Listing { size: 12345 },
             Reply::failed(6, "no handle 0x40 in process 12"),
             Reply::failed(5, ""),
         ];

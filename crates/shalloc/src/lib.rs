@@ -68,6 +68,7 @@
 //! `SHUnlockShared`, `SHFreeShared`, `SHMapHandle` and `SHGetSizeShared` with their Win32
 //! signatures, declared in `include/shalloc.h`; see [`capi`].
 
+pub mod admin;
 mod api;
 mod block;
 pub mod capi;

@@ -66,6 +66,40 @@ pub(crate) fn call(
     })
 }
 
+/// As [`call`], but never starts a broker: `Ok(None)` when none is running.
+pub(crate) fn call_existing(request: &Request) -> Result<Option<(Reply, Option<OwnedFd>)>> {
+    let deadline = Instant::now() + timeout();
+    let me = std::process::id();
+    let mut guard = lock_connection();
+    if guard.as_ref().is_none_or(|c| c.owner_pid != me) {
+        *guard = None;
+        let rendezvous = Rendezvous::for_this_process()
+            .map_err(|e| Error::unavailable(format!("cannot find our PID namespace: {e}")))?;
+        rendezvous
+            .prepare_dir()
+            .map_err(|e| Error::unavailable(e.to_string()))?;
+        match Connection::open(&rendezvous, deadline) {
+            Ok(conn) => *guard = Some(conn),
+            Err(ConnectError::NotRunning) => return Ok(None),
+            Err(ConnectError::Failed(why)) => return Err(Error::unavailable(why)),
+        }
+    }
+    let Some(conn) = guard.as_mut() else {
+        return Ok(None);
+    };
+    let result = conn.call(request, None, deadline);
+    if result.is_err() {
+        *guard = None;
+    }
+    match result {
+        Ok((Reply::Failed { code, reason }, _)) => Err(Error::from_broker(code, reason)),
+        Ok(answer) => Ok(Some(answer)),
+        Err(CallError::Broken(_)) => Ok(None),
+        Err(CallError::Timeout) => Err(Error::unavailable("the broker did not answer in time")),
+        Err(CallError::Protocol(why)) => Err(Error::Protocol { reason: why }),
+    }
+}
+
 /// Connects if needed and reports what the broker said in its greeting.
 pub fn broker_info() -> Result<BrokerInfo> {
     let deadline = Instant::now() + timeout();

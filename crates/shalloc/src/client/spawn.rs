@@ -27,6 +27,12 @@ use crate::error::{Error, Result};
 /// The environment variable naming the `shalloc` executable that runs the broker.
 pub const BROKER_ENV: &str = "SHALLOC_BROKER";
 
+/// The environment variable that sets how long a broker started on demand stays with no clients
+/// and no tables before it exits, in seconds (0: never).
+pub const IDLE_EXIT_ENV: &str = "SHALLOC_IDLE_EXIT_SECS";
+
+const DEFAULT_IDLE_EXIT_SECS: u64 = 30;
+
 /// The descriptor number on which the started broker finds its ready pipe.
 const READY_FD: libc::c_int = 3;
 
@@ -172,6 +178,8 @@ fn spawn_detached(exe: &Path, rendezvous: &Rendezvous) -> Result<OwnedFd> {
         cstr(rendezvous.log_file().as_os_str().as_bytes())?,
         cstr(b"--ready-fd")?,
         cstr(READY_FD.to_string().as_bytes())?,
+        cstr(b"--idle-exit")?,
+        cstr(idle_exit_secs().to_string().as_bytes())?,
     ];
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
@@ -236,6 +244,13 @@ fn spawn_detached(exe: &Path, rendezvous: &Rendezvous) -> Result<OwnedFd> {
     drop(ready_high);
     drop(null_high);
     Ok(ready_read)
+}
+
+fn idle_exit_secs() -> u64 {
+    std::env::var(IDLE_EXIT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_IDLE_EXIT_SECS)
 }
 
 /// Waits for the broker's ready byte. A pipe closed without one means it exited at start.
