@@ -6,7 +6,8 @@ use shalloc::admin::Listing;
 
 /// Prints the listing, or says that no broker runs.
 pub fn ls(json: bool, verbose: bool) -> Result<(), String> {
-    let Some(listing) = shalloc::admin::listing(verbose).map_err(|e| e.to_string())? else {
+    // JSON is for programs: it always carries every handle.
+    let Some(listing) = shalloc::admin::listing(verbose || json).map_err(|e| e.to_string())? else {
         if json {
             println!("{{\"broker\": null, \"tables\": []}}");
         } else {

@@ -95,6 +95,13 @@ enum Command {
     },
     /// Run a real two-process hand-off and tell what happened.
     Demo,
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Manpage,
     /// The child side of `shalloc demo` (started by it).
     #[command(hide = true)]
     DemoChild,
@@ -131,6 +138,18 @@ fn main() -> ExitCode {
             Ok(false) => Err("no broker is running".to_string()),
             Err(e) => Err(e.to_string()),
         },
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "shalloc",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Manpage => clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+            .render(&mut std::io::stdout())
+            .map_err(|e| format!("cannot write the man page: {e}")),
         Command::Demo => demo::parent(),
         Command::DemoChild => demo::child(),
     };
