@@ -67,3 +67,49 @@ fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_cannot_resize_or_reseal_a_block() {
+        let block = SealedBlock::new(Contents::Bytes(b"0123456789")).expect("block");
+        assert_eq!(rustix::fs::fstat(&block.fd).expect("stat").st_size, 10);
+        assert_eq!(
+            rustix::fs::ftruncate(&block.fd, 5),
+            Err(Errno::PERM),
+            "shrink"
+        );
+        assert_eq!(
+            rustix::fs::ftruncate(&block.fd, 4096),
+            Err(Errno::PERM),
+            "grow"
+        );
+        assert_eq!(
+            rustix::io::pwrite(&block.fd, b"x", 10),
+            Err(Errno::PERM),
+            "grow by writing past the end"
+        );
+        assert_eq!(
+            rustix::fs::fcntl_add_seals(&block.fd, SealFlags::WRITE),
+            Err(Errno::PERM),
+            "re-seal"
+        );
+        assert_eq!(
+            rustix::io::pwrite(&block.fd, b"X", 0),
+            Ok(1),
+            "writing inside the block is allowed"
+        );
+    }
+
+    #[test]
+    fn zeroed_blocks_are_zero_and_sized() {
+        let block = SealedBlock::new(Contents::Zeroed(8192)).expect("block");
+        let mut buf = vec![1u8; 8192];
+        assert_eq!(rustix::io::pread(&block.fd, &mut buf, 0), Ok(8192));
+        assert!(buf.iter().all(|b| *b == 0));
+        let empty = SealedBlock::new(Contents::Zeroed(0)).expect("empty block");
+        assert_eq!(empty.size, 0);
+    }
+}
