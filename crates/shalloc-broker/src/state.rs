@@ -52,6 +52,8 @@ pub(crate) struct Broker {
     epoll: OwnedFd,
     listener: OwnedFd,
     _signals: OwnedFd,
+    /// A descriptor kept in reserve to refuse connections when the broker has no other left.
+    spare: Option<OwnedFd>,
     connections: HashMap<u64, Connection>,
     next_token: u64,
     pub stats: Stats,
@@ -117,6 +119,7 @@ impl Broker {
             epoll,
             listener,
             _signals: signals,
+            spare: spare_fd(),
             connections: HashMap::new(),
             next_token: FIRST_CONNECTION,
             stats: Stats {
@@ -232,6 +235,19 @@ impl Broker {
                 Ok(sock) => sock,
                 Err(Errno::AGAIN) => return,
                 Err(Errno::INTR) | Err(Errno::CONNABORTED) => continue,
+                Err(e @ (Errno::MFILE | Errno::NFILE)) => {
+                    // Out of descriptors: the pending connection would wake us forever (the
+                    // listener is level-triggered). Spend the spare descriptor to accept it and
+                    // close it at once, so the client sees a clean refusal instead of a hang.
+                    log!(self.log, Warn, "accept failed ({e}); refusing a connection");
+                    self.spare = None;
+                    if let Ok(sock) = rustix::net::accept_with(&self.listener, SocketFlags::CLOEXEC)
+                    {
+                        drop(sock);
+                    }
+                    self.spare = spare_fd();
+                    return;
+                }
                 Err(e) => {
                     log!(self.log, Warn, "accept failed: {e}");
                     return;
@@ -379,6 +395,15 @@ impl Broker {
         });
         send(conn, &reply.encode(id), fd.as_ref().map(|f| f.as_fd()))
     }
+}
+
+fn spare_fd() -> Option<OwnedFd> {
+    rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .ok()
 }
 
 /// Sends a reply without waiting: a client that does not read its replies fills its socket
