@@ -4,6 +4,7 @@
 mod activation;
 mod demo;
 mod ls;
+mod progress;
 mod transfer;
 
 use std::os::fd::{FromRawFd, OwnedFd};
