@@ -1,0 +1,297 @@
+//! Hostile input on the broker's socket: every offender is dropped (or refused with a reason), the
+//! broker keeps serving everyone else, and it keeps no descriptor the offender sent.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use common::{TestEnv, wait_until};
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvFlags, SendAncillaryBuffer, SendAncillaryMessage,
+    SendFlags, SocketAddrUnix, SocketType,
+};
+use shalloc::Pid;
+use shalloc_protocol::wire::{MAX_FRAME, Reply, Request, VERSION};
+
+fn connect(env: &TestEnv) -> OwnedFd {
+    let sock = rustix::net::socket(AddressFamily::UNIX, SocketType::SEQPACKET, None).unwrap();
+    rustix::net::connect(
+        &sock,
+        &SocketAddrUnix::new(env.rendezvous().socket()).unwrap(),
+    )
+    .unwrap();
+    let timeout = Some(Duration::from_secs(5));
+    rustix::net::sockopt::set_socket_timeout(&sock, rustix::net::sockopt::Timeout::Recv, timeout)
+        .unwrap();
+    sock
+}
+
+fn send_raw(sock: &OwnedFd, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> rustix::io::Result<usize> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+}
+
+/// The next reply, or None when the broker closed the connection.
+fn recv_reply(sock: &OwnedFd) -> Option<Reply> {
+    let mut buf = [0u8; MAX_FRAME + 1];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = rustix::net::recvmsg(
+        sock,
+        &mut [IoSliceMut::new(&mut buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )
+    .expect("the broker answers or closes within the timeout");
+    if msg.bytes == 0 {
+        return None;
+    }
+    Some(Reply::decode(&buf[..msg.bytes]).unwrap().1)
+}
+
+fn greeted(env: &TestEnv) -> OwnedFd {
+    let sock = connect(env);
+    send_raw(
+        &sock,
+        Request::Hello { version: VERSION }.encode(1).as_bytes(),
+        &[],
+    )
+    .unwrap();
+    assert!(matches!(recv_reply(&sock), Some(Reply::Hello { .. })));
+    sock
+}
+
+fn broker_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The broker still serves a well-behaved client.
+fn still_serving() {
+    let me = Pid::current();
+    let h = shalloc::alloc(b"still here", me).unwrap();
+    assert_eq!(shalloc::lock(h, me).unwrap().to_vec(), b"still here");
+    shalloc::free(h, me).unwrap();
+}
+
+fn sealed_memfd(len: u64, seals: SealFlags) -> OwnedFd {
+    let fd = rustix::fs::memfd_create("hostile", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .unwrap();
+    rustix::fs::ftruncate(&fd, len).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, seals).unwrap();
+    fd
+}
+
+const SEALS: SealFlags = SealFlags::SHRINK
+    .union(SealFlags::GROW)
+    .union(SealFlags::SEAL);
+
+#[test]
+fn malformed_frames_drop_only_the_offender() {
+    let env = TestEnv::new();
+    let broker = shalloc::broker_pid().unwrap().as_raw();
+    still_serving();
+    let baseline = broker_fds(broker);
+    let attacks: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "garbage",
+            b"\xde\xad\xbe\xef garbage that is no frame".to_vec(),
+            true,
+        ),
+        ("oversized", vec![1u8; MAX_FRAME + 100], true),
+        ("truncated header", vec![1, 0, 0], true),
+        (
+            "unknown kind",
+            {
+                let mut f = Request::Stop.encode(2).as_bytes().to_vec();
+                f[0] = 0x77;
+                f
+            },
+            true,
+        ),
+        (
+            "request before hello",
+            Request::Free {
+                handle: 4,
+                owner: 1,
+            }
+            .encode(2)
+            .as_bytes()
+            .to_vec(),
+            false,
+        ),
+        (
+            "wrong version",
+            Request::Hello { version: 999 }
+                .encode(1)
+                .as_bytes()
+                .to_vec(),
+            false,
+        ),
+    ];
+    for (name, frame, greet_first) in attacks {
+        let sock = if greet_first {
+            greeted(&env)
+        } else {
+            connect(&env)
+        };
+        send_raw(&sock, &frame, &[]).unwrap();
+        // A wrong version gets a reason before the close; everything else is just closed.
+        let mut closed = false;
+        for _ in 0..2 {
+            match recv_reply(&sock) {
+                None => {
+                    closed = true;
+                    break;
+                }
+                Some(Reply::Failed { .. }) => continue,
+                Some(other) => panic!("{name}: unexpected {other:?}"),
+            }
+        }
+        assert!(closed, "{name}: the offender is dropped");
+        still_serving();
+    }
+    wait_until(Duration::from_secs(5), || broker_fds(broker) <= baseline);
+}
+
+#[test]
+fn descriptors_that_are_not_sealed_memfds_are_refused_and_closed() {
+    let env = TestEnv::new();
+    let broker = shalloc::broker_pid().unwrap().as_raw();
+    still_serving();
+    let baseline = broker_fds(broker);
+    let me = std::process::id();
+    let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    let unsealed = rustix::fs::memfd_create("plain", MemfdFlags::CLOEXEC).unwrap();
+    rustix::fs::ftruncate(&unsealed, 16).unwrap();
+    let sealed = sealed_memfd(16, SEALS);
+    let read_only = std::fs::File::open(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&sealed)
+    ))
+    .unwrap();
+    let cases: Vec<(&str, BorrowedFd<'_>, u64)> = vec![
+        ("a pipe", pipe_r.as_fd(), 16),
+        ("a device", devnull.as_fd(), 16),
+        ("an unsealed memfd", unsealed.as_fd(), 16),
+        ("a read-only memfd", read_only.as_fd(), 16),
+        ("a size that disagrees", sealed.as_fd(), 17),
+    ];
+    let sock = greeted(&env);
+    for (i, (name, fd, size)) in cases.into_iter().enumerate() {
+        let frame = Request::Alloc { target: me, size }.encode(i as u32 + 2);
+        send_raw(&sock, frame.as_bytes(), &[fd]).unwrap();
+        match recv_reply(&sock) {
+            Some(Reply::Failed { code, reason }) => assert_eq!(code, 87, "{name}: {reason}"),
+            other => panic!("{name}: expected a refusal, got {other:?}"),
+        }
+    }
+    // Too many descriptors, and a descriptor with a request that takes none: dropped.
+    for fds in [
+        vec![sealed.as_fd(), sealed.as_fd(), sealed.as_fd()],
+        vec![sealed.as_fd()],
+    ] {
+        let sock = greeted(&env);
+        let request = if fds.len() > 1 {
+            Request::Alloc {
+                target: me,
+                size: 16,
+            }
+        } else {
+            Request::Stop
+        };
+        send_raw(&sock, request.encode(2).as_bytes(), &fds).unwrap();
+        assert!(
+            recv_reply(&sock).is_none(),
+            "dropped for {} descriptors with {request:?}",
+            fds.len()
+        );
+    }
+    drop(sock);
+    still_serving();
+    wait_until(Duration::from_secs(5), || broker_fds(broker) <= baseline);
+}
+
+#[test]
+fn a_client_that_never_reads_is_dropped() {
+    let env = TestEnv::new();
+    still_serving();
+    let sock = greeted(&env);
+    let frame = Request::Free {
+        handle: 4,
+        owner: std::process::id(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut id = 2;
+    // Requests whose replies we never read: the broker must drop us rather than block on us.
+    let dropped = loop {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never dropped a client that does not read"
+        );
+        match rustix::net::send(
+            &sock,
+            frame.encode(id).as_bytes(),
+            SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+        ) {
+            Ok(_) => id += 1,
+            Err(rustix::io::Errno::PIPE) | Err(rustix::io::Errno::CONNRESET) => break true,
+            Err(rustix::io::Errno::AGAIN) => {
+                // Our send buffer is full: either the broker stopped reading us (dropped) or is busy.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("send: {e}"),
+        }
+    };
+    assert!(dropped);
+    still_serving();
+}
+
+#[test]
+fn a_thousand_connections_at_once() {
+    let env = TestEnv::new();
+    still_serving();
+    let socks: Vec<OwnedFd> = (0..1000).map(|_| connect(&env)).collect();
+    for (i, sock) in socks.iter().enumerate() {
+        send_raw(
+            sock,
+            Request::Hello { version: VERSION }
+                .encode(i as u32 + 1)
+                .as_bytes(),
+            &[],
+        )
+        .unwrap();
+    }
+    for sock in &socks {
+        assert!(matches!(recv_reply(sock), Some(Reply::Hello { .. })));
+    }
+    still_serving();
+    let listed = shalloc::admin::listing(false).unwrap().unwrap();
+    assert!(listed.broker.connections >= 1001, "{:?}", listed.broker);
+    drop(socks);
+    wait_until(Duration::from_secs(5), || {
+        shalloc::admin::listing(false)
+            .unwrap()
+            .unwrap()
+            .broker
+            .connections
+            <= 2
+    });
+}
