@@ -314,3 +314,108 @@ fn demo_hands_a_block_to_another_process() {
         "{out}"
     );
 }
+
+/// Waits for a child with a deadline; kills it (by pid) and fails if it overruns.
+fn wait_child(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_foreground_broker_logs_to_stderr_and_exits_cleanly_on_sigterm() {
+    let env = TestEnv::new();
+    let log = env.dir.join("stderr.log");
+    let mut broker = shalloc()
+        .args(["broker", "-v", "--runtime-dir"])
+        .arg(&env.dir)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_until(LIMIT, || {
+        env.running_broker() == Some(broker.id()) && env.rendezvous().socket().exists()
+    });
+    let me = std::process::id().to_string();
+    ok(&run(shalloc().args(["put", "--to", &me]), b"x"));
+    assert_eq!(
+        env.running_broker(),
+        Some(broker.id()),
+        "clients use the running broker"
+    );
+    // SAFETY: kill takes plain integers; the pid is our child's.
+    unsafe { libc::kill(broker.id() as i32, libc::SIGTERM) };
+    assert!(
+        wait_child(&mut broker, LIMIT).success(),
+        "SIGTERM is a clean exit"
+    );
+    assert!(!env.rendezvous().socket().exists(), "the socket is removed");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("INFO") && text.contains("listening on"),
+        "{text}"
+    );
+    assert!(
+        text.contains("DEBUG") && text.contains("Alloc"),
+        "-v logs every request: {text}"
+    );
+    assert!(text.contains("signal received"), "{text}");
+}
+
+#[test]
+fn a_broker_started_on_demand_exits_when_idle() {
+    let env = TestEnv::new();
+    let me = std::process::id().to_string();
+    let h = String::from_utf8(ok(&run(
+        shalloc()
+            .args(["put", "--to", &me])
+            .env("SHALLOC_IDLE_EXIT_SECS", "1"),
+        b"x",
+    )))
+    .unwrap();
+    let first = env.running_broker().expect("a broker was started");
+    // It holds a table (ours): it must stay, idle time or not, until the table is gone.
+    let json = String::from_utf8(ok(&run(shalloc().args(["ls", "--json"]), b""))).unwrap();
+    assert!(json.contains(&format!("\"pid\": {first}")), "{json}");
+    ok(&run(shalloc().args(["free", h.trim(), "--from", &me]), b""));
+    wait_until(Duration::from_secs(10), || env.running_broker().is_none());
+    assert!(!env.rendezvous().socket().exists());
+    let log = std::fs::read_to_string(env.rendezvous().log_file()).unwrap();
+    assert!(log.contains("idle for"), "{log}");
+    // The next client starts a new one.
+    ok(&run(shalloc().args(["put", "--to", &me]), b"again"));
+    assert!(env.running_broker().is_some_and(|pid| pid != first));
+}
+
+#[test]
+fn large_transfers_show_no_progress_in_a_pipe() {
+    let env = TestEnv::new();
+    let me = std::process::id().to_string();
+    let big = vec![7u8; 65 * 1024 * 1024];
+    let out = run(shalloc().args(["put", "--to", &me]), &big);
+    let h = String::from_utf8(ok(&out)).unwrap();
+    assert!(
+        out.stderr.is_empty(),
+        "stderr is a pipe: no progress bar: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(
+        shalloc()
+            .args(["get", h.trim(), "--from", &me, "--free", "-o"])
+            .arg(env.dir.join("big")),
+        b"",
+    );
+    ok(&out);
+    assert!(out.stderr.is_empty());
+    assert_eq!(
+        std::fs::metadata(env.dir.join("big")).unwrap().len(),
+        big.len() as u64
+    );
+}
