@@ -1,44 +1,94 @@
-//! Handle values: small, never 0, below 2^31, and not reused for a long time.
+//! Handle values: small, never 0, below 2^31, and not reused for a long time — not even by the
+//! next broker.
 //!
-//! Values step by 4 (as Windows handles do) through `[FIRST, LIMIT)` from a random start, wrapping
-//! around and skipping values still in use. With 2^29 values, a value comes back only after half a
-//! billion allocations, so a stale handle fails instead of reaching another block; the random
-//! start makes a handle from a previous broker unlikely to name a block of this one.
+//! Values step by 4 (as Windows handles do) through `[FIRST, LIMIT)`, wrapping around and skipping
+//! values still in use. With 2^29 values, a value comes back only after half a billion
+//! allocations, so a stale handle fails instead of reaching another block.
+//!
+//! A broker that dies takes its tables with it, but its clients may still hold handle values. So
+//! that none of them can ever name a block of the next broker, values are handed out from
+//! reservations recorded in a file in the runtime directory: before a broker uses a value beyond
+//! its reservation it records a new one, and a new broker starts after the last recorded mark.
+//! The first broker ever starts at a random point.
+
+use std::path::PathBuf;
 
 /// The smallest handle value.
 pub(crate) const FIRST: u32 = 0x100;
 /// One past the largest handle value: values survive truncation to 32 bits and sign extension.
 pub(crate) const LIMIT: u32 = 1 << 31;
 const STEP: u32 = 4;
+/// Values reserved per write of the mark.
+const RESERVATION: u32 = 1 << 16;
 
 #[derive(Debug)]
 pub(crate) struct HandleValues {
     next: u32,
+    /// Values left in the current reservation.
+    reserved: u32,
+    /// Where the mark is kept; `None` keeps nothing (tests).
+    store: Option<PathBuf>,
+}
+
+fn in_range(value: u32) -> bool {
+    (FIRST..LIMIT).contains(&value) && value % STEP == 0
+}
+
+fn advance(value: u32, steps: u32) -> u32 {
+    let span = (LIMIT - FIRST) / STEP;
+    FIRST + ((value - FIRST) / STEP + steps % span) % span * STEP
 }
 
 impl HandleValues {
-    /// Starts at a point chosen from `seed`.
+    /// Starts at a point chosen from `seed`, keeping no mark.
     pub fn new(seed: u32) -> Self {
         let span = (LIMIT - FIRST) / STEP;
         HandleValues {
             next: FIRST + (seed % span) * STEP,
+            reserved: u32::MAX,
+            store: None,
         }
     }
 
-    /// The next value for which `in_use` is false; `None` only when every value is in use.
+    /// Starts after the mark recorded in `store` (or at a point chosen from `seed` when there is
+    /// none), and records a mark before every new reservation.
+    pub fn resume(store: PathBuf, seed: u32) -> Self {
+        let mark = std::fs::read_to_string(&store)
+            .ok()
+            .and_then(|t| t.trim().parse::<u32>().ok());
+        let mut values = HandleValues::new(seed);
+        if let Some(mark) = mark.filter(|m| in_range(*m)) {
+            values.next = mark;
+        }
+        values.reserved = 0;
+        values.store = Some(store);
+        values
+    }
+
+    /// The next value for which `in_use` is false; `None` only when every value is in use, or the
+    /// mark could not be recorded.
     pub fn take(&mut self, in_use: impl Fn(u32) -> bool) -> Option<u32> {
         for _ in 0..(LIMIT - FIRST) / STEP {
+            if self.reserved == 0 {
+                self.reserve()?;
+            }
             let value = self.next;
-            self.next = if value + STEP >= LIMIT {
-                FIRST
-            } else {
-                value + STEP
-            };
+            self.next = advance(value, 1);
+            self.reserved -= 1;
             if !in_use(value) {
                 return Some(value);
             }
         }
         None
+    }
+
+    fn reserve(&mut self) -> Option<()> {
+        if let Some(store) = &self.store {
+            let mark = advance(self.next, RESERVATION);
+            std::fs::write(store, format!("{mark}\n")).ok()?;
+        }
+        self.reserved = RESERVATION;
+        Some(())
     }
 }
 
@@ -51,16 +101,46 @@ mod tests {
         let mut v = HandleValues::new(u32::MAX);
         for _ in 0..10 {
             let h = v.take(|_| false).expect("value");
-            assert!((FIRST..LIMIT).contains(&h) && h % 4 == 0 && h != 0);
+            assert!(in_range(h) && h != 0);
         }
-        let mut end = HandleValues { next: LIMIT - STEP };
+        let mut end = HandleValues {
+            next: LIMIT - STEP,
+            reserved: u32::MAX,
+            store: None,
+        };
         assert_eq!(end.take(|_| false), Some(LIMIT - STEP));
         assert_eq!(end.take(|_| false), Some(FIRST));
     }
 
     #[test]
     fn values_in_use_are_skipped() {
-        let mut v = HandleValues { next: FIRST };
+        let mut v = HandleValues {
+            next: FIRST,
+            reserved: u32::MAX,
+            store: None,
+        };
         assert_eq!(v.take(|h| h == FIRST || h == FIRST + 4), Some(FIRST + 8));
+    }
+
+    #[test]
+    fn a_new_broker_starts_after_everything_the_last_one_handed_out() {
+        let store = std::env::temp_dir().join(format!("shalloc-handles-{}", std::process::id()));
+        let _ = std::fs::remove_file(&store);
+        let mut first = HandleValues::resume(store.clone(), 12345);
+        let used: Vec<u32> = (0..RESERVATION + 10)
+            .map(|_| first.take(|_| false).expect("value"))
+            .collect();
+        let mut second = HandleValues::resume(store.clone(), 12345);
+        let next = second.take(|_| false).expect("value");
+        assert!(
+            !used.contains(&next),
+            "a value of the dead broker was handed out again"
+        );
+        let last = *used.last().expect("some");
+        assert!(
+            next > last,
+            "the new broker starts past the old one's reservation"
+        );
+        let _ = std::fs::remove_file(&store);
     }
 }

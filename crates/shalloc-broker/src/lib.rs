@@ -147,7 +147,7 @@ pub fn run(mut config: Config) -> Result<(), Error> {
         signals,
         log,
         nofile,
-        u32::from_ne_bytes(seed),
+        handles::HandleValues::resume(rendezvous.handle_mark(), u32::from_ne_bytes(seed)),
     )
     .map_err(|e| Error::Setup("epoll".into(), e))?;
     startup::notify_ready(ready);

@@ -95,7 +95,7 @@ impl Broker {
         signals: OwnedFd,
         log: Log,
         nofile: u64,
-        seed: u32,
+        values: crate::handles::HandleValues,
     ) -> std::io::Result<Self> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
@@ -114,7 +114,7 @@ impl Broker {
             config,
             uid: rustix::process::getuid().as_raw(),
             nofile,
-            tables: Tables::new(seed),
+            tables: Tables::new(values),
             log,
             epoll,
             listener,

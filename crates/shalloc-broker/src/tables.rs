@@ -27,11 +27,11 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
-    pub fn new(seed: u32) -> Self {
+    pub fn new(values: HandleValues) -> Self {
         Tables {
             by_pid: HashMap::new(),
             owner_of: HashMap::new(),
-            values: HandleValues::new(seed),
+            values,
         }
     }
 

@@ -58,6 +58,12 @@ impl Rendezvous {
         self.dir.join(format!("{}.start", self.stem))
     }
 
+    /// Where brokers record how far they have handed out handle values, so that the next broker
+    /// never hands out a value a client of the last one may still hold.
+    pub fn handle_mark(&self) -> PathBuf {
+        self.dir.join(format!("{}.handles", self.stem))
+    }
+
     /// Where a broker started on demand writes its log.
     pub fn log_file(&self) -> PathBuf {
         self.dir.join(format!("{}.log", self.stem))
