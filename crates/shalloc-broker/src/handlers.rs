@@ -73,26 +73,32 @@ impl Broker {
         size: u64,
         fd: OwnedFd,
     ) -> Answer {
-        let block = Block::accept(fd, size, self.config.max_block)?;
-        if self.tables.handle_count() >= self.max_live_handles() {
+        let block = Block::accept(fd, size, self.config.limits.max_block)?;
+        self.put_into(caller, target, Rc::new(block))
+    }
+
+    /// Puts `block` under a new handle into `pid`'s table (creating the table), within the
+    /// user's total, the broker's descriptors and the table's own limit.
+    fn put_into(&mut self, caller: &Process, pid: u32, block: Rc<Block>) -> Answer {
+        let total = self.tables.handle_count();
+        if total >= self.max_live_handles() {
             return Err(Failure::no_resources(format!(
-                "the broker holds {} handles, its limit (open files {})",
-                self.tables.handle_count(),
-                self.nofile
+                "the broker holds {total} handles, its limit (at most {} handles, {} open files)",
+                self.config.limits.max_handles, self.nofile
             )));
         }
-        let per_table = self.config.max_handles_per_table;
+        let per_table = self.config.limits.max_handles_per_table;
         let table = self
-            .table(caller, target, true)?
+            .table(caller, pid, true)?
             .ok_or_else(|| Failure::access_denied("no table"))?;
         if table.handles.len() >= per_table {
             return Err(Failure::no_resources(format!(
-                "the table of process {target} already holds {per_table} handles, its limit"
+                "the table of process {pid} already holds {per_table} handles, its limit"
             )));
         }
         let handle = self
             .tables
-            .put(target, Rc::new(block))
+            .put(pid, block)
             .ok_or_else(|| Failure::no_resources("no free handle value"))?;
         plain(Reply::Handle { handle })
     }
@@ -135,23 +141,7 @@ impl Broker {
             .and_then(|t| t.handles.get(&handle))
             .cloned()
             .ok_or_else(|| Failure::invalid_handle(handle, from))?;
-        let per_table = self.config.max_handles_per_table;
-        if self.tables.handle_count() >= self.max_live_handles() {
-            return Err(Failure::no_resources("the broker is at its handle limit"));
-        }
-        let table = self
-            .table(caller, to, true)?
-            .ok_or_else(|| Failure::access_denied("no table"))?;
-        if table.handles.len() >= per_table {
-            return Err(Failure::no_resources(format!(
-                "the table of process {to} already holds {per_table} handles, its limit"
-            )));
-        }
-        let new = self
-            .tables
-            .put(to, block)
-            .ok_or_else(|| Failure::no_resources("no free handle value"))?;
-        plain(Reply::Handle { handle: new })
+        self.put_into(caller, to, block)
     }
 }
 

@@ -35,6 +35,33 @@ pub const DEFAULT_MAX_BLOCK: u64 = u32::MAX as u64;
 /// The default limit of handles in one process's table.
 pub const DEFAULT_MAX_HANDLES_PER_TABLE: usize = 65_536;
 
+/// The default limit of handles over all tables (the user's total); the broker's open-file limit
+/// caps it too, since every block costs the broker one descriptor.
+pub const DEFAULT_MAX_HANDLES: usize = 1 << 20;
+
+/// What the broker allows. Past a limit, a request fails with a clear error (block too large:
+/// `ERROR_NOT_ENOUGH_MEMORY`; too many handles: `ERROR_NO_SYSTEM_RESOURCES`) and nothing else
+/// changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest block accepted, in bytes.
+    pub max_block: u64,
+    /// The most handles one process's table may hold.
+    pub max_handles_per_table: usize,
+    /// The most handles all tables together may hold.
+    pub max_handles: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_block: DEFAULT_MAX_BLOCK,
+            max_handles_per_table: DEFAULT_MAX_HANDLES_PER_TABLE,
+            max_handles: DEFAULT_MAX_HANDLES,
+        }
+    }
+}
+
 /// How to run the broker.
 #[derive(Debug)]
 pub struct Config {
@@ -46,10 +73,8 @@ pub struct Config {
     pub log_level: log::Level,
     /// A descriptor to write one byte to, and close, once the socket is listening.
     pub ready_fd: Option<OwnedFd>,
-    /// The largest block accepted, in bytes.
-    pub max_block: u64,
-    /// The most handles one process's table may hold.
-    pub max_handles_per_table: usize,
+    /// What the broker allows.
+    pub limits: Limits,
     /// Exit after this long with no connections and no tables (brokers that clients start on
     /// demand); `None` stays forever (a broker under a service manager).
     pub idle_exit: Option<std::time::Duration>,
@@ -68,8 +93,7 @@ impl Default for Config {
             log_file: None,
             log_level: log::Level::Info,
             ready_fd: None,
-            max_block: DEFAULT_MAX_BLOCK,
-            max_handles_per_table: DEFAULT_MAX_HANDLES_PER_TABLE,
+            limits: Limits::default(),
             idle_exit: None,
             listener: None,
             lock_wait: std::time::Duration::ZERO,

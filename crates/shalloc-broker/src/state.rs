@@ -133,6 +133,11 @@ impl Broker {
     /// The most handles the broker will hold: each costs a descriptor, and it must keep room for
     /// connections and its own.
     pub fn max_live_handles(&self) -> usize {
+        self.config.limits.max_handles.min(self.descriptor_room())
+    }
+
+    /// How many more descriptors the broker can hold beyond its own and its connections'.
+    fn descriptor_room(&self) -> usize {
         let room = self
             .nofile
             .saturating_sub(RESERVED_FDS + self.connections.len() as u64);
@@ -348,7 +353,7 @@ impl Broker {
                     let reply = Reply::Hello {
                         version: VERSION,
                         broker_pid: std::process::id(),
-                        max_block: self.config.max_block,
+                        max_block: self.config.limits.max_block,
                     };
                     send(conn, &reply.encode(id), None)
                 }

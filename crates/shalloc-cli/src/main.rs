@@ -87,6 +87,16 @@ enum Command {
         /// Write one byte to this inherited descriptor once listening (used by clients that start it).
         #[arg(long, value_name = "FD", hide = true)]
         ready_fd: Option<i32>,
+        /// The largest block accepted, in bytes.
+        #[arg(long, value_name = "BYTES", env = "SHALLOC_MAX_BLOCK", default_value_t = shalloc_broker::DEFAULT_MAX_BLOCK)]
+        max_block: u64,
+        /// The most handles one process's table may hold.
+        #[arg(long, value_name = "N", env = "SHALLOC_MAX_HANDLES_PER_TABLE", default_value_t = shalloc_broker::DEFAULT_MAX_HANDLES_PER_TABLE)]
+        max_handles_per_table: usize,
+        /// The most handles all tables together may hold (the user's total); the broker's open-file
+        /// limit caps it too.
+        #[arg(long, value_name = "N", env = "SHALLOC_MAX_HANDLES", default_value_t = shalloc_broker::DEFAULT_MAX_HANDLES)]
+        max_handles: usize,
         /// Exit after SECS with no clients and no tables (clients that start a broker ask for this).
         #[arg(long, value_name = "SECS")]
         idle_exit: Option<u64>,
@@ -132,7 +142,23 @@ fn main() -> ExitCode {
             ready_fd,
             idle_exit,
             verbose,
-        } => broker(runtime_dir, log_file, ready_fd, idle_exit, verbose),
+            max_block,
+            max_handles_per_table,
+            max_handles,
+        } => broker(
+            BrokerArgs {
+                runtime_dir,
+                log_file,
+                ready_fd,
+                idle_exit,
+                verbose,
+            },
+            shalloc_broker::Limits {
+                max_block,
+                max_handles_per_table,
+                max_handles,
+            },
+        ),
         Command::Ls { json, verbose } => ls::ls(json, verbose),
         Command::Stop => match shalloc::admin::stop_broker() {
             Ok(true) => Ok(()),
@@ -163,13 +189,23 @@ fn main() -> ExitCode {
     }
 }
 
-fn broker(
+/// How the broker subcommand was asked to run.
+struct BrokerArgs {
     runtime_dir: Option<PathBuf>,
     log_file: Option<PathBuf>,
     ready_fd: Option<i32>,
     idle_exit: Option<u64>,
     verbose: bool,
-) -> Result<(), String> {
+}
+
+fn broker(args: BrokerArgs, limits: shalloc_broker::Limits) -> Result<(), String> {
+    let BrokerArgs {
+        runtime_dir,
+        log_file,
+        ready_fd,
+        idle_exit,
+        verbose,
+    } = args;
     let ready_fd = match ready_fd {
         Some(fd)
             if fd > 2
@@ -206,6 +242,7 @@ fn broker(
             shalloc_broker::log::Level::Info
         },
         ready_fd,
+        limits,
         ..shalloc_broker::Config::default()
     };
     shalloc_broker::run(config).map_err(|e| e.to_string())
