@@ -243,7 +243,6 @@ fn broker(args: BrokerArgs, limits: shalloc_broker::Limits) -> Result<(), String
         },
         ready_fd,
         limits,
-        ..shalloc_broker::Config::default()
     };
     shalloc_broker::run(config).map_err(|e| e.to_string())
 }
