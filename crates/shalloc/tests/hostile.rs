@@ -295,3 +295,21 @@ fn a_thousand_connections_at_once() {
             <= 2
     });
 }
+
+#[test]
+fn a_symlinked_socket_path_is_not_followed() {
+    let env = TestEnv::new();
+    let elsewhere = env.dir.join("decoy.sock");
+    let _decoy = std::os::unix::net::UnixListener::bind(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, env.rendezvous().socket()).unwrap();
+    match shalloc::alloc(b"x", Pid::current()) {
+        Err(e @ shalloc::Error::BrokerUnavailable { .. }) => {
+            assert!(e.to_string().contains("symlink"), "{e}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(
+        env.running_broker().is_none(),
+        "no broker was started behind the symlink"
+    );
+}

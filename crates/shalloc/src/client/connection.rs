@@ -160,6 +160,13 @@ impl Connection {
 /// Opens a socket connected to the broker's listening socket.
 pub(crate) fn connect(rendezvous: &Rendezvous) -> Result<OwnedFd, ConnectError> {
     let path = rendezvous.socket();
+    // connect() follows symlinks; a socket path that is one was not made by a broker.
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(ConnectError::Failed(format!(
+            "{} is a symlink; refusing to follow it",
+            path.display()
+        )));
+    }
     let addr = SocketAddrUnix::new(&path).map_err(|e| {
         ConnectError::Failed(format!("socket path {} unusable: {e}", path.display()))
     })?;
