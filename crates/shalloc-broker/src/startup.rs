@@ -4,15 +4,13 @@
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 
-use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
 use rustix::process::{Resource, Rlimit};
 use rustix::thread::CapabilitySet;
 
-use shalloc_protocol::rendezvous::Rendezvous;
+use shalloc_protocol::rendezvous::{self, Rendezvous};
 
 use crate::Error;
 
@@ -20,28 +18,10 @@ use crate::Error;
 /// Fails with [`Error::AlreadyRunning`] when another broker holds it.
 pub(crate) fn claim(rendezvous: &Rendezvous, wait: std::time::Duration) -> Result<File, Error> {
     let path = rendezvous.broker_lock();
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&path)
+    let mut file = rendezvous::open_lock_file(&path)
         .map_err(|e| Error::Setup(format!("cannot open {}", path.display()), e))?;
-    let deadline = std::time::Instant::now() + wait;
-    let mut pause = std::time::Duration::from_millis(1);
-    let locked = loop {
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Err(Errno::WOULDBLOCK) if std::time::Instant::now() + pause < deadline => {
-                // A broker that is exiting (idle, or stopped) holds it for a moment longer.
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(std::time::Duration::from_millis(20));
-            }
-            Err(Errno::INTR) => {}
-            other => break other,
-        }
-    };
+    // A broker that is exiting (idle, or stopped) may hold it a moment longer.
+    let locked = rendezvous::lock_exclusive(&file, std::time::Instant::now() + wait);
     match locked {
         Ok(()) => {}
         Err(Errno::WOULDBLOCK) => {

@@ -99,6 +99,42 @@ impl Rendezvous {
     }
 }
 
+/// Opens (creating, mode 0600) one of the rendezvous' lock files, never through a symlink.
+pub fn open_lock_file(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags((rustix::fs::OFlags::CLOEXEC | rustix::fs::OFlags::NOFOLLOW).bits() as i32)
+        .open(path)
+}
+
+/// Takes an exclusive `flock` on `file`, waiting until `deadline` at most (flock itself has no
+/// timeout, so the lock is polled with a growing pause). `Err(Errno::WOULDBLOCK)` means someone
+/// else still held it at the deadline.
+pub fn lock_exclusive(
+    file: &std::fs::File,
+    deadline: std::time::Instant,
+) -> Result<(), rustix::io::Errno> {
+    use rustix::fs::FlockOperation;
+    use rustix::io::Errno;
+    use std::time::{Duration, Instant};
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Err(Errno::WOULDBLOCK) if Instant::now() + pause < deadline => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(Errno::INTR) => {}
+            other => return other,
+        }
+    }
+}
+
 /// Checks that `dir` is a directory (not a symlink to one), owned by the effective user, and not
 /// accessible to group or others.
 pub fn check_private_dir(dir: &Path) -> io::Result<()> {

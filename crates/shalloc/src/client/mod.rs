@@ -73,15 +73,9 @@ pub(crate) fn call_existing(request: &Request) -> Result<Option<(Reply, Option<O
     let mut guard = lock_connection();
     if guard.as_ref().is_none_or(|c| c.owner_pid != me) {
         *guard = None;
-        let rendezvous = Rendezvous::for_this_process()
-            .map_err(|e| Error::unavailable(format!("cannot find our PID namespace: {e}")))?;
-        rendezvous
-            .prepare_dir()
-            .map_err(|e| Error::unavailable(e.to_string()))?;
-        match Connection::open(&rendezvous, deadline) {
-            Ok(conn) => *guard = Some(conn),
-            Err(ConnectError::NotRunning) => return Ok(None),
-            Err(ConnectError::Failed(why)) => return Err(Error::unavailable(why)),
+        match connect_running(&our_rendezvous()?, deadline)? {
+            Some(conn) => *guard = Some(conn),
+            None => return Ok(None),
         }
     }
     let Some(conn) = guard.as_mut() else {
@@ -158,17 +152,30 @@ fn with_connection<T>(
     Err(Error::unavailable("could not reach the broker"))
 }
 
-/// Opens a connection, starting a broker when none listens.
-fn establish(deadline: Instant) -> Result<Connection> {
+/// This process's rendezvous, its directory created or checked.
+fn our_rendezvous() -> Result<Rendezvous> {
     let rendezvous = Rendezvous::for_this_process()
         .map_err(|e| Error::unavailable(format!("cannot find our PID namespace: {e}")))?;
     rendezvous
         .prepare_dir()
         .map_err(|e| Error::unavailable(e.to_string()))?;
-    match Connection::open(&rendezvous, deadline) {
-        Ok(conn) => return Ok(conn),
-        Err(ConnectError::NotRunning) => {}
-        Err(ConnectError::Failed(why)) => return Err(Error::unavailable(why)),
+    Ok(rendezvous)
+}
+
+/// Opens a connection to the broker if one listens; `Ok(None)` when none does.
+fn connect_running(rendezvous: &Rendezvous, deadline: Instant) -> Result<Option<Connection>> {
+    match Connection::open(rendezvous, deadline) {
+        Ok(conn) => Ok(Some(conn)),
+        Err(ConnectError::NotRunning) => Ok(None),
+        Err(ConnectError::Failed(why)) => Err(Error::unavailable(why)),
+    }
+}
+
+/// Opens a connection, starting a broker when none listens.
+fn establish(deadline: Instant) -> Result<Connection> {
+    let rendezvous = our_rendezvous()?;
+    if let Some(conn) = connect_running(&rendezvous, deadline)? {
+        return Ok(conn);
     }
     let started = spawn::ensure_broker(&rendezvous, deadline);
     match Connection::open(&rendezvous, deadline) {

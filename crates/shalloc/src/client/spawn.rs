@@ -11,15 +11,14 @@
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 
-use shalloc_protocol::rendezvous::Rendezvous;
+use shalloc_protocol::rendezvous::{self, Rendezvous};
 
 use super::connection::{self, ConnectError};
 use crate::error::{Error, Result};
@@ -60,35 +59,17 @@ pub(crate) fn ensure_broker(rendezvous: &Rendezvous, deadline: Instant) -> Resul
 /// file is closed.
 fn take_start_lock(rendezvous: &Rendezvous, deadline: Instant) -> Result<std::fs::File> {
     let path = rendezvous.start_lock();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&path)
+    let file = rendezvous::open_lock_file(&path)
         .map_err(|e| Error::unavailable(format!("cannot open {}: {e}", path.display())))?;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(file),
-            Err(Errno::WOULDBLOCK) | Err(Errno::INTR) => {}
-            Err(e) => {
-                return Err(Error::unavailable(format!(
-                    "cannot lock {}: {e}",
-                    path.display()
-                )));
-            }
-        }
-        // flock has no timeout: poll the lock, backing off, until the deadline.
-        if Instant::now() + pause > deadline {
-            return Err(Error::unavailable(
-                "timed out waiting for another process to start the broker",
-            ));
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
+    match rendezvous::lock_exclusive(&file, deadline) {
+        Ok(()) => Ok(file),
+        Err(Errno::WOULDBLOCK) => Err(Error::unavailable(
+            "timed out waiting for another process to start the broker",
+        )),
+        Err(e) => Err(Error::unavailable(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
     }
 }
 
