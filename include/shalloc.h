@@ -31,6 +31,10 @@ typedef int32_t BOOL;
 // A size in bytes.
 typedef size_t SIZE_T;
 
+// The fill function of `shalloc_alloc_with`: writes `size` bytes at `buffer` (which start
+// zeroed) and returns TRUE, or returns FALSE to abandon the block.
+typedef BOOL (*shalloc_fill_fn)(LPVOID buffer, SIZE_T size, LPVOID context);
+
 // The Win32 true.
 #define TRUE 1
 
@@ -60,6 +64,9 @@ typedef size_t SIZE_T;
 
 // `SHMapHandle` option: close the handle in the source table after duplicating it.
 #define DUPLICATE_CLOSE_SOURCE 1
+
+// Last error: the fill function of `shalloc_alloc_with` returned FALSE.
+#define ERROR_CANCELLED 1223
 
 #ifdef __cplusplus
 extern "C" {
@@ -121,6 +128,35 @@ void shalloc_set_last_error(DWORD code);
 // The reason for the calling thread's last failure, in words ("" when there is none). The string
 // stays valid until the thread's next failure or `shalloc_set_last_error`.
 const char *shalloc_last_error_message(void);
+
+// As `SHAllocShared`, but the block is frozen: sealed against writing (`F_SEAL_WRITE`) before any
+// other process can receive it, so nobody can ever change it. It can only be locked read-only
+// (`SHLockSharedEx(h, pid, FALSE)`); `SHLockShared` fails with `ERROR_ACCESS_DENIED`.
+//
+// # Safety
+// `pvData` is NULL or points to `dwSize` readable bytes.
+HANDLE shalloc_alloc_frozen(LPCVOID pvData, DWORD dwSize, DWORD dwProcessId);
+
+// Makes a block of `dwSize` bytes and calls `fill(buffer, dwSize, context)` to write it in place,
+// with no intermediate copy; nobody else can see the block until `fill` returns. The pages are
+// reserved first, so a shortage of memory fails here (NULL, `ERROR_NOT_ENOUGH_MEMORY`), never
+// inside `fill`. When `bFrozen` is TRUE the block is frozen after the fill. Returns the handle in
+// the table of `dwProcessId`; NULL when `fill` is NULL, returns FALSE (`ERROR_CANCELLED`), or the
+// allocation fails.
+//
+// # Safety
+// `fill` must be a valid function that writes at most `size` bytes at `buffer` and does not keep
+// the pointer after it returns.
+HANDLE shalloc_alloc_with(DWORD dwSize,
+                          DWORD dwProcessId,
+                          BOOL bFrozen,
+                          shalloc_fill_fn fill,
+                          LPVOID context);
+
+// Whether the view containing `pvData` shows a frozen block: TRUE only when the block's
+// descriptor carries `F_SEAL_WRITE`. FALSE for a block that is not frozen, and for a pointer in no
+// view (then with `ERROR_INVALID_ADDRESS`).
+BOOL shalloc_is_frozen(LPCVOID pvData);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -20,6 +20,9 @@ pub(crate) const REQUIRED_SEALS: SealFlags = SealFlags::SHRINK
 pub(crate) struct Block {
     pub fd: OwnedFd,
     pub size: u64,
+    /// Sealed against writing (`F_SEAL_WRITE`): nobody can change it, so nobody may lock it
+    /// writable.
+    pub frozen: bool,
 }
 
 impl Block {
@@ -60,6 +63,10 @@ impl Block {
                 stat.st_size
             )));
         }
-        Ok(Block { fd, size })
+        Ok(Block {
+            fd,
+            size,
+            frozen: seals.contains(SealFlags::WRITE),
+        })
     }
 }

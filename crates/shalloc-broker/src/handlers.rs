@@ -109,12 +109,17 @@ impl Broker {
         caller: &Process,
         handle: u32,
         owner: u32,
-        _write: bool,
+        write: bool,
     ) -> Answer {
         let table = self.table(caller, owner, false)?;
         let block = table
             .and_then(|t| t.handles.get(&handle))
             .ok_or_else(|| Failure::invalid_handle(handle, owner))?;
+        if write && block.frozen {
+            return Err(Failure::access_denied(format!(
+                "handle {handle:#x} names a frozen (write-sealed) block: lock it read-only"
+            )));
+        }
         let fd = block
             .fd
             .try_clone()

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use shalloc::{Handle, Pid};
+use shalloc::{Handle, Pid, Token};
 
 /// Hand a block of memory to another process (the SHAllocShared family on Linux).
 #[derive(Parser, Debug)]
@@ -31,14 +31,20 @@ enum Command {
         to: u32,
         /// The file to copy; stdin when absent.
         file: Option<PathBuf>,
+        /// Freeze the block: nobody can ever change it (it can only be read).
+        #[arg(long)]
+        frozen: bool,
+        /// Print a token (HANDLE@PID) instead of the handle alone.
+        #[arg(long)]
+        token: bool,
     },
     /// Write the bytes of block HANDLE (in PID's table) to FILE or stdout.
     Get {
-        /// The handle, decimal or 0x-hex.
-        handle: Handle,
+        /// The handle, decimal or 0x-hex, or a token HANDLE@PID (then --from is not needed).
+        handle: HandleArg,
         /// The process whose table holds the handle.
         #[arg(long = "from", value_name = "PID")]
-        from: u32,
+        from: Option<u32>,
         /// Write here instead of stdout.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: Option<PathBuf>,
@@ -48,19 +54,19 @@ enum Command {
     },
     /// Close HANDLE in PID's table.
     Free {
-        /// The handle, decimal or 0x-hex.
-        handle: Handle,
+        /// The handle, decimal or 0x-hex, or a token HANDLE@PID (then --from is not needed).
+        handle: HandleArg,
         /// The process whose table holds the handle.
         #[arg(long = "from", value_name = "PID")]
-        from: u32,
+        from: Option<u32>,
     },
     /// Duplicate HANDLE from one table into another and print the new handle.
     Map {
-        /// The handle, decimal or 0x-hex.
-        handle: Handle,
+        /// The handle, decimal or 0x-hex, or a token HANDLE@PID (then --from is not needed).
+        handle: HandleArg,
         /// The process whose table holds the handle.
         #[arg(long = "from", value_name = "PID")]
-        from: u32,
+        from: Option<u32>,
         /// The process whose table receives the duplicate.
         #[arg(long = "to", value_name = "PID")]
         to: u32,
@@ -118,24 +124,76 @@ enum Command {
     DemoChild,
 }
 
+/// A handle argument: a bare handle (the owner comes from `--from`) or a token `HANDLE@PID`.
+#[derive(Debug, Clone)]
+struct HandleArg {
+    handle: Handle,
+    owner: Option<Pid>,
+}
+
+impl std::str::FromStr for HandleArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<HandleArg, String> {
+        if s.contains('@') {
+            let t: Token = s.parse().map_err(|e| format!("{e}"))?;
+            Ok(HandleArg {
+                handle: t.handle,
+                owner: Some(t.owner),
+            })
+        } else {
+            let handle: Handle = s.parse().map_err(|e| format!("{e}"))?;
+            Ok(HandleArg {
+                handle,
+                owner: None,
+            })
+        }
+    }
+}
+
+impl HandleArg {
+    /// The token this argument and `--from` name together.
+    fn token(&self, from: Option<u32>) -> Result<Token, String> {
+        match (self.owner, from.map(Pid::from_raw)) {
+            (Some(owner), None) => Ok(Token::new(self.handle, owner)),
+            (Some(owner), Some(from)) if owner == from => Ok(Token::new(self.handle, owner)),
+            (Some(owner), Some(from)) => Err(format!(
+                "the token names process {owner} but --from says {from}"
+            )),
+            (None, Some(from)) => Ok(Token::new(self.handle, from)),
+            (None, None) => Err(format!(
+                "which process's table holds {}? give --from PID or a token HANDLE@PID",
+                self.handle
+            )),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Put { to, file } => transfer::put(Pid::from_raw(to), file.as_deref()),
+        Command::Put {
+            to,
+            file,
+            frozen,
+            token,
+        } => transfer::put(Pid::from_raw(to), file.as_deref(), frozen, token),
         Command::Get {
             handle,
             from,
             output,
             free,
-        } => transfer::get(handle, Pid::from_raw(from), output.as_deref(), free),
-        Command::Free { handle, from } => {
-            shalloc::free(handle, Pid::from_raw(from)).map_err(|e| e.to_string())
-        }
-        Command::Map { handle, from, to } => {
-            shalloc::map_handle(handle, Pid::from_raw(from), Pid::from_raw(to))
+        } => handle
+            .token(from)
+            .and_then(|t| transfer::get(t, output.as_deref(), free)),
+        Command::Free { handle, from } => handle
+            .token(from)
+            .and_then(|t| shalloc::free(t.handle, t.owner).map_err(|e| e.to_string())),
+        Command::Map { handle, from, to } => handle.token(from).and_then(|t| {
+            shalloc::map_handle(t.handle, t.owner, Pid::from_raw(to))
                 .map(|h| println!("{h}"))
                 .map_err(|e| e.to_string())
-        }
+        }),
         Command::Broker {
             runtime_dir,
             log_file,

@@ -3,7 +3,7 @@
 use std::io::{Read, Write};
 use std::path::Path;
 
-use shalloc::{Handle, Pid};
+use shalloc::{Pid, Token};
 
 use crate::progress::Progress;
 
@@ -41,7 +41,7 @@ fn write_all(mut out: impl Write, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Copies a file (or stdin) into a new block in `to`'s table and prints the handle.
-pub fn put(to: Pid, file: Option<&Path>) -> Result<(), String> {
+pub fn put(to: Pid, file: Option<&Path>, frozen: bool, token: bool) -> Result<(), String> {
     let data = match file {
         Some(path) => {
             let f = std::fs::File::open(path)
@@ -52,13 +52,26 @@ pub fn put(to: Pid, file: Option<&Path>) -> Result<(), String> {
         None => read_all(std::io::stdin().lock(), None)
             .map_err(|e| format!("cannot read stdin: {e}"))?,
     };
-    let handle = shalloc::alloc(&data, to).map_err(|e| e.to_string())?;
-    println!("{handle}");
+    let alloc = if frozen {
+        shalloc::alloc_frozen
+    } else {
+        shalloc::alloc
+    };
+    let handle = alloc(&data, to).map_err(|e| e.to_string())?;
+    if token {
+        println!("{}", Token::new(handle, to));
+    } else {
+        println!("{handle}");
+    }
     Ok(())
 }
 
 /// Writes a block's bytes to a file or stdout, then frees the handle when asked to.
-pub fn get(handle: Handle, from: Pid, output: Option<&Path>, free: bool) -> Result<(), String> {
+pub fn get(token: Token, output: Option<&Path>, free: bool) -> Result<(), String> {
+    let Token {
+        handle,
+        owner: from,
+    } = token;
     let view = shalloc::lock_read_only(handle, from).map_err(|e| e.to_string())?;
     let bytes = view.to_vec();
     drop(view);

@@ -38,25 +38,36 @@ fn handle_from(reply: Reply) -> Result<Handle> {
     }
 }
 
-pub(crate) fn alloc_contents(contents: Contents<'_>, to: Pid) -> Result<Handle> {
+pub(crate) fn alloc_contents(contents: Contents<'_>, to: Pid, frozen: bool) -> Result<Handle> {
+    alloc_contents_if(contents, to, frozen, || true)?.ok_or_else(|| Error::Protocol {
+        reason: "a block was abandoned".into(),
+    })
+}
+
+/// Makes the block, then gives it a handle in `to`'s table only if `keep()` says so after the
+/// contents are written (the C fill function may abandon it): `Ok(None)` when abandoned.
+pub(crate) fn alloc_contents_if(
+    contents: Contents<'_>,
+    to: Pid,
+    frozen: bool,
+    keep: impl FnOnce() -> bool,
+) -> Result<Option<Handle>> {
     check_pid(to)?;
-    let size = match &contents {
-        Contents::Bytes(data) => data.len() as u64,
-        Contents::Zeroed(len) => *len,
-    };
+    let size = contents.len();
     let max = client::broker_info()?.max_block;
     if size > max {
         return Err(Error::TooLarge { size, max });
     }
-    let block = SealedBlock::new(contents)?;
-    let (reply, _) = client::call(
-        &Request::Alloc {
-            target: to.as_raw(),
-            size: block.size,
-        },
-        Some(block.fd.as_fd()),
-    )?;
-    handle_from(reply)
+    let block = SealedBlock::new(contents, frozen)?;
+    if !keep() {
+        return Ok(None);
+    }
+    let request = Request::Alloc {
+        target: to.as_raw(),
+        size: block.size,
+    };
+    let (reply, _) = client::call(&request, Some(block.fd.as_fd()))?;
+    handle_from(reply).map(Some)
 }
 
 /// Copies `data` into a new block and puts a handle to it into the table of process `to`
@@ -71,22 +82,52 @@ pub(crate) fn alloc_contents(contents: Contents<'_>, to: Pid) -> Result<Handle> 
 /// # Ok::<(), shalloc::Error>(())
 /// ```
 pub fn alloc(data: &[u8], to: Pid) -> Result<Handle> {
-    alloc_contents(Contents::Bytes(data), to)
+    alloc_contents(Contents::Bytes(data), to, false)
 }
 
 /// Puts a handle to a new, zero-filled block of `len` bytes into the table of process `to`.
 pub fn alloc_zeroed(len: usize, to: Pid) -> Result<Handle> {
-    alloc_contents(Contents::Zeroed(len as u64), to)
+    alloc_contents(Contents::Zeroed(len as u64), to, false)
 }
 
-/// Maps the block of `handle` (in `owner`'s table) into this process. Returns the view's address
-/// and the block's size.
-pub(crate) fn lock_raw(
-    handle: Handle,
-    owner: Pid,
-    write: bool,
-    who: Owner,
-) -> Result<(NonNull<u8>, u64)> {
+/// Copies `data` into a new **frozen** block: sealed against writing (`F_SEAL_WRITE`) before any
+/// other process can receive it, so nobody — the allocator included — can ever change it. It can
+/// only be locked read-only, and its views hand out `&[u8]` in safe code
+/// ([`View::frozen_bytes`]).
+pub fn alloc_frozen(data: &[u8], to: Pid) -> Result<Handle> {
+    alloc_contents(Contents::Bytes(data), to, true)
+}
+
+/// Makes a block of `len` bytes and lets `fill` write it in place — serialize into it, read a file
+/// into it — with no intermediate buffer. The pages are reserved first, so a shortage of memory is
+/// an error here, not a `SIGBUS` inside `fill`; the bytes start zeroed. Nobody else can see the
+/// block until `fill` has returned and the handle exists. A panic in `fill` leaves no handle and no
+/// descriptor behind.
+///
+/// ```no_run
+/// let me = shalloc::Pid::current();
+/// let handle = shalloc::alloc_with(4096, me, |buf| buf[..5].copy_from_slice(b"ready"))?;
+/// # Ok::<(), shalloc::Error>(())
+/// ```
+pub fn alloc_with(len: usize, to: Pid, fill: impl FnOnce(&mut [u8])) -> Result<Handle> {
+    alloc_contents(Contents::Filled(len as u64, Box::new(fill)), to, false)
+}
+
+/// As [`alloc_with`], then frozen once `fill` returns (unmapped, then sealed against writing).
+pub fn alloc_frozen_with(len: usize, to: Pid, fill: impl FnOnce(&mut [u8])) -> Result<Handle> {
+    alloc_contents(Contents::Filled(len as u64, Box::new(fill)), to, true)
+}
+
+/// A view's address, its block's size, and whether the block is frozen (from the descriptor's own
+/// seals, never from anything the broker said).
+pub(crate) struct Mapped {
+    pub ptr: NonNull<u8>,
+    pub size: u64,
+    pub frozen: bool,
+}
+
+/// Maps the block of `handle` (in `owner`'s table) into this process.
+pub(crate) fn lock_raw(handle: Handle, owner: Pid, write: bool, who: Owner) -> Result<Mapped> {
     check_pid(owner)?;
     let request = Request::Lock {
         handle: handle.as_raw(),
@@ -94,24 +135,42 @@ pub(crate) fn lock_raw(
         write,
     };
     match client::call(&request, None)? {
-        (Reply::Block { size }, Some(fd)) => Ok((views::map(fd.as_fd(), size, write, who)?, size)),
+        (Reply::Block { size }, Some(fd)) => {
+            let seals =
+                rustix::fs::fcntl_get_seals(&fd).map_err(|e| Error::os("F_GET_SEALS", e))?;
+            let frozen = seals.contains(rustix::fs::SealFlags::WRITE);
+            if write && frozen {
+                return Err(Error::AccessDenied {
+                    reason: format!("handle {handle} names a frozen block"),
+                });
+            }
+            let ptr = views::map(fd.as_fd(), size, write, frozen, who)?;
+            Ok(Mapped { ptr, size, frozen })
+        }
         (other, _) => Err(unexpected(other)),
     }
 }
 
 fn lock_view(handle: Handle, owner: Pid, write: bool) -> Result<View> {
-    let (ptr, size) = lock_raw(handle, owner, write, Owner::Rust)?;
+    let mapped = lock_raw(handle, owner, write, Owner::Rust)?;
     // The mapping succeeded, so the size fits in usize.
-    Ok(View::new(ptr, size as usize, write))
+    Ok(View::new(
+        mapped.ptr,
+        mapped.size as usize,
+        write,
+        mapped.frozen,
+    ))
 }
 
 /// Maps the block of `handle`, a handle in the table of process `owner`, into this process as a
-/// read/write [`View`] (`SHLockShared`). Two locks give two views of the same bytes.
+/// read/write [`View`] (`SHLockShared`). Two locks give two views of the same bytes. A frozen
+/// block cannot be locked writable ([`Error::AccessDenied`]).
 pub fn lock(handle: Handle, owner: Pid) -> Result<View> {
     lock_view(handle, owner, true)
 }
 
-/// As [`lock`], but the view is read-only: writing through its pointer faults.
+/// As [`lock`], but the view is read-only: writing through its pointer faults. The only way to
+/// lock a frozen block.
 pub fn lock_read_only(handle: Handle, owner: Pid) -> Result<View> {
     lock_view(handle, owner, false)
 }

@@ -26,29 +26,100 @@ pub(crate) enum Contents<'a> {
     Bytes(&'a [u8]),
     /// This many zero bytes.
     Zeroed(u64),
+    /// This many bytes, written in place by the function (they start zeroed).
+    Filled(u64, Box<dyn FnOnce(&mut [u8]) + 'a>),
+}
+
+impl Contents<'_> {
+    /// The block's size.
+    pub fn len(&self) -> u64 {
+        match self {
+            Contents::Bytes(data) => data.len() as u64,
+            Contents::Zeroed(len) | Contents::Filled(len, _) => *len,
+        }
+    }
 }
 
 impl SealedBlock {
-    /// Creates the memfd and fills it. Filling uses `pwrite` (or `fallocate` for zeroes), so a
-    /// shortage of memory is an error here rather than a `SIGBUS` on first touch in a reader.
-    pub fn new(contents: Contents<'_>) -> Result<SealedBlock> {
+    /// Creates the memfd and fills it, then seals it (against writing too when `frozen`).
+    ///
+    /// Filling uses `pwrite`, or `fallocate` before any page is touched, so a shortage of memory is
+    /// an error here rather than a `SIGBUS` in a reader (or in the fill function).
+    pub fn new(contents: Contents<'_>, frozen: bool) -> Result<SealedBlock> {
         let fd =
             rustix::fs::memfd_create("shalloc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
                 .map_err(|e| Error::os("memfd_create", e))?;
-        let size = match contents {
-            Contents::Bytes(data) => {
-                write_all(&fd, data)?;
-                data.len() as u64
-            }
-            Contents::Zeroed(0) => 0,
-            Contents::Zeroed(len) => {
-                rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len)
-                    .map_err(|e| Error::os("fallocate", e))?;
-                len
-            }
+        let size = contents.len();
+        let reserve = |len: u64| {
+            rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len)
+                .map_err(|e| Error::os("fallocate", e))
         };
-        rustix::fs::fcntl_add_seals(&fd, SEALS).map_err(|e| Error::os("sealing the memfd", e))?;
+        match contents {
+            Contents::Bytes(data) => write_all(&fd, data)?,
+            Contents::Zeroed(0) => {}
+            Contents::Zeroed(len) => reserve(len)?,
+            Contents::Filled(0, fill) => fill(&mut []),
+            Contents::Filled(len, fill) => {
+                reserve(len)?;
+                let mut map = PrivateFill::map(&fd, len)?;
+                fill(map.bytes());
+                // Unmapped before sealing: F_SEAL_WRITE needs no writable mapping to exist.
+                drop(map);
+            }
+        }
+        let seals = if frozen {
+            SEALS | SealFlags::WRITE
+        } else {
+            SEALS
+        };
+        rustix::fs::fcntl_add_seals(&fd, seals).map_err(|e| Error::os("sealing the memfd", e))?;
         Ok(SealedBlock { fd, size })
+    }
+}
+
+/// A writable mapping of a memfd that no other process has yet: the one moment a block may be
+/// handed out as `&mut [u8]`. Unmapped on drop, also when the fill function panics.
+struct PrivateFill {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl PrivateFill {
+    fn map(fd: &OwnedFd, len: u64) -> Result<PrivateFill> {
+        let len = usize::try_from(len).map_err(|_| Error::TooLarge {
+            size: len,
+            max: usize::MAX as u64,
+        })?;
+        // SAFETY: a new shared mapping at an address the kernel picks touches no existing memory;
+        // the memfd was just sized (fallocate) to len bytes.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }
+        .map_err(|e| Error::os("mmap", e))?;
+        Ok(PrivateFill {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: len bytes are mapped read/write for as long as self lives, and nobody else can
+        // reach them: the memfd is close-on-exec, was never sent, and this is its only mapping.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PrivateFill {
+    fn drop(&mut self) {
+        // SAFETY: exactly the mapping made in `map`, unmapped once.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
 
@@ -74,7 +145,7 @@ mod tests {
 
     #[test]
     fn holders_cannot_resize_or_reseal_a_block() {
-        let block = SealedBlock::new(Contents::Bytes(b"0123456789")).expect("block");
+        let block = SealedBlock::new(Contents::Bytes(b"0123456789"), false).expect("block");
         assert_eq!(rustix::fs::fstat(&block.fd).expect("stat").st_size, 10);
         assert_eq!(
             rustix::fs::ftruncate(&block.fd, 5),
@@ -104,12 +175,42 @@ mod tests {
     }
 
     #[test]
+    fn frozen_blocks_cannot_be_written_at_all() {
+        let block = SealedBlock::new(Contents::Bytes(b"ice"), true).expect("block");
+        assert_eq!(rustix::io::pwrite(&block.fd, b"X", 0), Err(Errno::PERM));
+        // SAFETY: a new mapping; the call is expected to fail.
+        let writable = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                3,
+                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
+                rustix::mm::MapFlags::SHARED,
+                &block.fd,
+                0,
+            )
+        };
+        assert_eq!(writable.err(), Some(Errno::PERM));
+    }
+
+    #[test]
+    fn filled_blocks_hold_what_the_fill_wrote() {
+        let block = SealedBlock::new(
+            Contents::Filled(5, Box::new(|b: &mut [u8]| b.copy_from_slice(b"fill!"))),
+            true,
+        )
+        .expect("block");
+        let mut buf = [0u8; 5];
+        assert_eq!(rustix::io::pread(&block.fd, &mut buf, 0), Ok(5));
+        assert_eq!(&buf, b"fill!");
+    }
+
+    #[test]
     fn zeroed_blocks_are_zero_and_sized() {
-        let block = SealedBlock::new(Contents::Zeroed(8192)).expect("block");
+        let block = SealedBlock::new(Contents::Zeroed(8192), false).expect("block");
         let mut buf = vec![1u8; 8192];
         assert_eq!(rustix::io::pread(&block.fd, &mut buf, 0), Ok(8192));
         assert!(buf.iter().all(|b| *b == 0));
-        let empty = SealedBlock::new(Contents::Zeroed(0)).expect("empty block");
+        let empty = SealedBlock::new(Contents::Zeroed(0), false).expect("empty block");
         assert_eq!(empty.size, 0);
     }
 }

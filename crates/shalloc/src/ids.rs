@@ -107,6 +107,82 @@ impl FromStr for Handle {
     }
 }
 
+/// A handle together with the id of the process whose table holds it: everything another process
+/// needs to lock the block, in one value to put into any message, command line or environment
+/// variable.
+///
+/// Its text form is `HANDLE@PID` (`0x2c@12345`; the handle also parses in decimal); its binary form
+/// is 8 bytes, the handle then the pid, each a little-endian `u32`. Both round-trip.
+///
+/// ```
+/// use shalloc::{Handle, Pid, Token};
+/// let token = Token::new(Handle::from_raw(0x2c).unwrap(), Pid::from_raw(12345));
+/// assert_eq!(token.to_string(), "0x2c@12345");
+/// assert_eq!("0x2c@12345".parse::<Token>(), Ok(token));
+/// assert_eq!(Token::from_bytes(token.to_bytes()), Some(token));
+/// ```
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Token {
+    /// The handle.
+    pub handle: Handle,
+    /// The process whose table holds it.
+    pub owner: Pid,
+}
+
+impl Token {
+    /// The token for `handle` in `owner`'s table.
+    pub const fn new(handle: Handle, owner: Pid) -> Token {
+        Token { handle, owner }
+    }
+
+    /// The 8-byte form: the handle, then the pid, each a little-endian `u32`.
+    pub fn to_bytes(self) -> [u8; 8] {
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&self.handle.as_raw().to_le_bytes());
+        out[4..].copy_from_slice(&self.owner.as_raw().to_le_bytes());
+        out
+    }
+
+    /// Parses the 8-byte form; `None` when the handle is 0.
+    pub fn from_bytes(bytes: [u8; 8]) -> Option<Token> {
+        let handle = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let owner = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        Some(Token {
+            handle: Handle::from_raw(handle)?,
+            owner: Pid::from_raw(owner),
+        })
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.handle, self.owner)
+    }
+}
+
+/// Why a string is not a token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a token: {0:?} (expected HANDLE@PID, such as 0x2c@12345)")]
+pub struct ParseTokenError(String);
+
+impl FromStr for Token {
+    type Err = ParseTokenError;
+
+    fn from_str(s: &str) -> Result<Token, ParseTokenError> {
+        let bad = || ParseTokenError(s.to_string());
+        let (handle, pid) = s.trim().split_once('@').ok_or_else(bad)?;
+        let handle = handle.parse::<Handle>().map_err(|_| bad())?;
+        if pid.is_empty() || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let owner = pid.parse::<u32>().map_err(|_| bad())?;
+        Ok(Token {
+            handle,
+            owner: Pid::from_raw(owner),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,6 +197,31 @@ mod tests {
         assert!("0x".parse::<Handle>().is_err());
         assert!("-4".parse::<Handle>().is_err());
         assert!("0x100000000".parse::<Handle>().is_err());
+    }
+
+    #[test]
+    fn tokens_round_trip_in_text_and_bytes() {
+        let t = Token::new(
+            Handle::from_raw(0x2c).expect("nonzero"),
+            Pid::from_raw(12345),
+        );
+        assert_eq!(t.to_string(), "0x2c@12345");
+        assert_eq!("44@12345".parse::<Token>(), Ok(t));
+        assert_eq!(t.to_bytes(), [0x2c, 0, 0, 0, 0x39, 0x30, 0, 0]);
+        assert_eq!(Token::from_bytes(t.to_bytes()), Some(t));
+        assert_eq!(Token::from_bytes([0; 8]), None);
+        for bad in [
+            "0x2c",
+            "@12",
+            "0x2c@",
+            "0x2c@-1",
+            "0x2c@+1",
+            "0@1",
+            "0x2c@1@2",
+            "0x2c@99999999999",
+        ] {
+            assert!(bad.parse::<Token>().is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -79,11 +79,14 @@ mod ids;
 mod view;
 mod views;
 
-pub use api::{alloc, alloc_zeroed, broker_pid, free, lock, lock_read_only, map_handle};
+pub use api::{
+    alloc, alloc_frozen, alloc_frozen_with, alloc_with, alloc_zeroed, broker_pid, free, lock,
+    lock_read_only, map_handle,
+};
 pub use client::spawn::{BROKER_ENV, find_broker_executable};
 pub use client::{BrokerInfo, TIMEOUT_ENV, broker_info};
 pub use error::{Error, Result};
-pub use ids::{Handle, ParseHandleError, Pid};
+pub use ids::{Handle, ParseHandleError, ParseTokenError, Pid, Token};
 pub use shalloc_protocol::rendezvous::RUNTIME_DIR_ENV;
 pub use view::{View, ViewError};
 pub use views::live_views;

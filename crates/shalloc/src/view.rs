@@ -19,6 +19,7 @@ pub struct View {
     ptr: NonNull<u8>,
     len: usize,
     writable: bool,
+    frozen: bool,
 }
 
 // SAFETY: a View is an address range owned by this guard; every access through it is a copy with
@@ -47,8 +48,29 @@ pub enum ViewError {
 }
 
 impl View {
-    pub(crate) fn new(ptr: NonNull<u8>, len: usize, writable: bool) -> View {
-        View { ptr, len, writable }
+    pub(crate) fn new(ptr: NonNull<u8>, len: usize, writable: bool, frozen: bool) -> View {
+        View {
+            ptr,
+            len,
+            writable,
+            frozen,
+        }
+    }
+
+    /// Whether the block is frozen: its descriptor carries `F_SEAL_WRITE`, so the kernel lets
+    /// nobody change it. Decided from the descriptor this process received, never from a flag
+    /// someone sent.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    /// The block as a byte slice, when it is frozen (`None` otherwise): the safe zero-copy case,
+    /// sound because no process can write a write-sealed block.
+    pub fn frozen_bytes(&self) -> Option<&[u8]> {
+        // SAFETY: the mapping covers len bytes for the guard's life, and F_SEAL_WRITE (checked on
+        // the received descriptor) means no write() and no writable shared mapping can exist.
+        self.frozen
+            .then(|| unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) })
     }
 
     /// The block's size in bytes.
@@ -148,6 +170,7 @@ impl fmt::Debug for View {
             .field("ptr", &self.ptr)
             .field("len", &self.len)
             .field("writable", &self.writable)
+            .field("frozen", &self.frozen)
             .finish()
     }
 }

@@ -29,6 +29,8 @@ struct Record {
     mapped: usize,
     /// The block's size.
     size: u64,
+    /// Whether the block's descriptor carried F_SEAL_WRITE.
+    frozen: bool,
     owner: Owner,
 }
 
@@ -59,7 +61,13 @@ fn page_size() -> usize {
 ///
 /// An empty block gets one inaccessible page, so that every lock still returns a distinct,
 /// non-null address.
-pub(crate) fn map(fd: BorrowedFd<'_>, size: u64, write: bool, owner: Owner) -> Result<NonNull<u8>> {
+pub(crate) fn map(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    write: bool,
+    frozen: bool,
+    owner: Owner,
+) -> Result<NonNull<u8>> {
     let len = usize::try_from(size).map_err(|_| Error::TooLarge {
         size,
         max: usize::MAX as u64,
@@ -97,6 +105,7 @@ pub(crate) fn map(fd: BorrowedFd<'_>, size: u64, write: bool, owner: Owner) -> R
         Record {
             mapped,
             size,
+            frozen,
             owner,
         },
     );
@@ -128,6 +137,11 @@ pub(crate) fn unmap_containing(addr: usize, owner: Owner) -> std::result::Result
 /// The size of the block whose view starts exactly at `addr`.
 pub(crate) fn size_at(addr: usize) -> Option<u64> {
     lock_registry().0.get(&addr).map(|r| r.size)
+}
+
+/// Whether the view containing `addr` shows a frozen block; `None` when `addr` is in no view.
+pub(crate) fn frozen_at(addr: usize) -> Option<bool> {
+    lock_registry().containing(addr).map(|(_, r)| r.frozen)
 }
 
 /// The number of live views in this process (for tests and diagnostics).

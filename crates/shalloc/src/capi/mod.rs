@@ -7,7 +7,10 @@
 
 #![allow(non_snake_case, non_camel_case_types, clippy::upper_case_acronyms)]
 
+mod extensions;
 mod last_error;
+
+pub use extensions::*;
 
 use std::ffi::{c_char, c_void};
 
@@ -90,6 +93,15 @@ pub unsafe extern "C" fn SHAllocShared(
     dwSize: DWORD,
     dwProcessId: DWORD,
 ) -> HANDLE {
+    // SAFETY: the caller guarantees what alloc_from requires.
+    unsafe { alloc_from(pvData, dwSize, dwProcessId, false) }
+}
+
+/// `SHAllocShared` and `shalloc_alloc_frozen`: a block from `pvData` (zero-filled when NULL).
+///
+/// # Safety
+/// `pvData` is NULL or points to `dwSize` readable bytes.
+unsafe fn alloc_from(pvData: LPCVOID, dwSize: DWORD, dwProcessId: DWORD, frozen: bool) -> HANDLE {
     report(std::ptr::null_mut(), || {
         let contents = if pvData.is_null() {
             Contents::Zeroed(u64::from(dwSize))
@@ -99,7 +111,7 @@ pub unsafe extern "C" fn SHAllocShared(
                 std::slice::from_raw_parts(pvData.cast::<u8>(), dwSize as usize)
             })
         };
-        api::alloc_contents(contents, Pid::from_raw(dwProcessId)).map(as_handle)
+        api::alloc_contents(contents, Pid::from_raw(dwProcessId), frozen).map(as_handle)
     })
 }
 
@@ -117,13 +129,13 @@ pub extern "C" fn SHLockShared(hData: HANDLE, dwProcessId: DWORD) -> LPVOID {
 pub extern "C" fn SHLockSharedEx(hData: HANDLE, dwProcessId: DWORD, bWrite: BOOL) -> LPVOID {
     report(std::ptr::null_mut(), || {
         let handle = handle_of(hData)?;
-        let (ptr, _) = api::lock_raw(
+        let mapped = api::lock_raw(
             handle,
             Pid::from_raw(dwProcessId),
             bWrite != FALSE,
             Owner::C,
         )?;
-        Ok(ptr.as_ptr().cast())
+        Ok(mapped.ptr.as_ptr().cast())
     })
 }
 
