@@ -20,6 +20,9 @@ pub(crate) struct SealedBlock {
     pub size: u64,
 }
 
+/// A function that writes a block's bytes in place.
+pub(crate) type Fill<'a> = Box<dyn FnOnce(&mut [u8]) + 'a>;
+
 /// What goes into a new block.
 pub(crate) enum Contents<'a> {
     /// These bytes.
@@ -27,7 +30,7 @@ pub(crate) enum Contents<'a> {
     /// This many zero bytes.
     Zeroed(u64),
     /// This many bytes, written in place by the function (they start zeroed).
-    Filled(u64, Box<dyn FnOnce(&mut [u8]) + 'a>),
+    Filled(u64, Fill<'a>),
 }
 
 impl Contents<'_> {
