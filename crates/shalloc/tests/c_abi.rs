@@ -504,3 +504,20 @@ fn a_64_mib_block_is_byte_exact() {
 fn four_threads_cycle_at_once() {
     case("stress", "threads").assert_lines(&["ok main: 4 threads completed 2000 cycles in all"]);
 }
+
+// ---- beyond Windows: frozen blocks and in-place fill ------------------------------------------
+
+#[test]
+fn frozen_blocks_cannot_be_written_by_any_route() {
+    case("extensions", "frozen");
+}
+
+#[test]
+fn ordinary_blocks_are_not_frozen() {
+    case("extensions", "not_frozen");
+}
+
+#[test]
+fn alloc_with_fills_in_place() {
+    case("extensions", "alloc_with");
+}

@@ -135,6 +135,96 @@ fn readme_c_example_links_statically() {
     assert!(out.contains("parent read the answer: 42"), "{out}");
 }
 
+/// Builds `examples/NAME.c` against an installed shalloc with pkg-config, as its comment says.
+fn build_c_example(env: &TestEnv, prefix: &Path, name: &str) -> std::path::PathBuf {
+    let exe = env.dir.join(name);
+    let flags = pkg_config(prefix, &["--cflags", "--libs"]);
+    let rpath = format!("-Wl,-rpath,{}", prefix.join("lib").display());
+    ok(&run(
+        Command::new("cc")
+            .args(["-Wall", "-Wextra", "-Werror"])
+            .arg(repo().join(format!("examples/{name}.c")))
+            .args(&flags)
+            .arg(rpath)
+            .arg("-o")
+            .arg(&exe),
+        Duration::from_secs(60),
+    ));
+    exe
+}
+
+#[test]
+fn c_example_frozen_producer() {
+    let env = TestEnv::new();
+    let prefix = install(&env);
+    let out = ok(&run(
+        &mut Command::new(build_c_example(&env, &prefix, "frozen_producer")),
+        Duration::from_secs(20),
+    ));
+    for sum in ["sum 1024", "sum 2048", "sum 3072"] {
+        assert!(
+            out.contains(&format!("consumer: 1024 frozen bytes, {sum}")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn c_example_token_env() {
+    let env = TestEnv::new();
+    let prefix = install(&env);
+    let out = ok(&run(
+        &mut Command::new(build_c_example(&env, &prefix, "token_env")),
+        Duration::from_secs(20),
+    ));
+    assert!(
+        out.contains("holds \"configuration, handed down\""),
+        "{out}"
+    );
+}
+
+fn rust_example(env: &TestEnv, name: &str) -> String {
+    let exe = env.target_dir.join("examples").join(name);
+    assert!(
+        exe.is_file(),
+        "{} missing: cargo build --examples",
+        exe.display()
+    );
+    ok(&run(&mut Command::new(exe), Duration::from_secs(20)))
+}
+
+#[test]
+fn rust_example_frozen_producer() {
+    let env = TestEnv::new();
+    let out = rust_example(&env, "frozen_producer");
+    for sum in ["sum 1024", "sum 2048", "sum 3072"] {
+        assert!(
+            out.contains(&format!("consumer: 1024 frozen bytes, {sum}")),
+            "{out}"
+        );
+    }
+}
+
+#[test]
+fn rust_example_request_response() {
+    let env = TestEnv::new();
+    let out = rust_example(&env, "request_response");
+    assert!(
+        out.contains("requester: the answer is \"forty-two\""),
+        "{out}"
+    );
+}
+
+#[test]
+fn rust_example_token_env() {
+    let env = TestEnv::new();
+    let out = rust_example(&env, "token_env");
+    assert!(
+        out.contains("holds \"configuration, handed down\""),
+        "{out}"
+    );
+}
+
 #[test]
 fn rust_example_hands_off() {
     let env = TestEnv::new();
