@@ -118,3 +118,87 @@ fn the_users_total_is_enforced_across_tables() {
     });
     drop(mine);
 }
+
+/// The issue asks for 100,000 live handles across 10 processes "with the limit raised". Every
+/// block costs the broker a descriptor, so the count is bounded by the hard RLIMIT_NOFILE the
+/// broker inherits: this test holds 10,000 per process when the hard limit allows it, and as many
+/// as it allows otherwise (this machine's hard limit is 20,000 and cannot be raised without
+/// CAP_SYS_RESOURCE). Everything is released when the processes exit. (The clean error at the
+/// descriptor limit is c_abi's `a_broker_out_of_descriptors_gives_1450`.)
+#[test]
+fn many_live_handles_across_ten_processes() {
+    let _env = TestEnv::new();
+    // SAFETY: getrlimit writes only to `limit`.
+    let hard = unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_max
+    };
+    let per_process = ((hard.saturating_sub(200)) / 10).min(10_000) as usize;
+    eprintln!("hard RLIMIT_NOFILE {hard}: {per_process} handles in each of 10 processes");
+    shalloc::broker_pid().unwrap();
+    let (release_r, release_w) = common::pipe();
+    let release_w_fd = std::os::fd::AsRawFd::as_raw_fd(&release_w);
+    let mut children = Vec::new();
+    let mut reports = Vec::new();
+    for _ in 0..10 {
+        let (report_r, report_w) = common::pipe();
+        let release_r = release_r.try_clone().unwrap();
+        children.push(common::fork(move || {
+            use std::io::{Read, Write};
+            // SAFETY: closes a descriptor this child inherited and never uses.
+            unsafe { libc::close(release_w_fd) };
+            let me = Pid::current();
+            let mut made = 0u32;
+            for i in 0..per_process {
+                if shalloc::alloc(&(i as u32).to_le_bytes(), me).is_err() {
+                    break;
+                }
+                made += 1;
+            }
+            let mut report_w = report_w;
+            let _ = report_w.write_all(&made.to_le_bytes());
+            let mut wait = [0u8; 1];
+            let _ = (&release_r).read(&mut wait);
+            0
+        }));
+        reports.push(report_r);
+    }
+    let mut total = 0u64;
+    for mut r in reports {
+        let mut made = [0u8; 4];
+        std::io::Read::read_exact(&mut r, &mut made).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(made) as usize,
+            per_process,
+            "every child made all its handles"
+        );
+        total += u64::from(u32::from_le_bytes(made));
+    }
+    let listing = shalloc::admin::listing(false).unwrap().unwrap();
+    assert_eq!(listing.broker.handles, total);
+    assert_eq!(
+        listing
+            .tables
+            .iter()
+            .filter(|t| t.handles == per_process as u64)
+            .count(),
+        10
+    );
+    drop(release_w);
+    drop(release_r);
+    for child in children {
+        assert_eq!(
+            common::wait_exit(child, std::time::Duration::from_secs(60)),
+            0
+        );
+    }
+    common::wait_until(std::time::Duration::from_secs(10), || {
+        shalloc::admin::listing(false)
+            .unwrap()
+            .unwrap()
+            .broker
+            .handles
+            == 0
+    });
+}
