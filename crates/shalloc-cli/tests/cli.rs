@@ -419,3 +419,26 @@ fn large_transfers_show_no_progress_in_a_pipe() {
         big.len() as u64
     );
 }
+
+#[test]
+fn large_transfers_show_progress_on_a_terminal() {
+    let env = TestEnv::new();
+    let file = env.dir.join("big.bin");
+    std::fs::write(&file, vec![3u8; 65 * 1024 * 1024]).unwrap();
+    // `script` runs the command on a pseudo-terminal, as a person at a shell would.
+    let command = format!(
+        "{} put --to {} {} 2>&1 >/dev/null",
+        env!("CARGO_BIN_EXE_shalloc"),
+        std::process::id(),
+        file.display()
+    );
+    let out = run(
+        Command::new("script").args(["-qec", &command, "/dev/null"]),
+        b"",
+    );
+    let text = String::from_utf8_lossy(&ok(&out)).into_owned();
+    assert!(
+        text.contains("reading [") && text.contains("100%") && text.contains("65 / 65 MiB"),
+        "{text:?}"
+    );
+}
