@@ -86,9 +86,10 @@ impl Connection {
             Ok((other, _)) => Err(ConnectError::Failed(format!(
                 "unexpected greeting {other:?}"
             ))),
-            Err(CallError::Broken(why)) => Err(ConnectError::Failed(format!(
-                "the broker closed the connection: {why}"
-            ))),
+            // Accepted, then closed without a greeting: a broker that is exiting (killed, idle,
+            // stopped). For the caller that is the same as none running: start (or wait for) the
+            // next one.
+            Err(CallError::Broken(_)) => Err(ConnectError::NotRunning),
             Err(CallError::Timeout) => Err(ConnectError::Failed(
                 "the broker did not answer in time".into(),
             )),

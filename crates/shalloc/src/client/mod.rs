@@ -1,7 +1,7 @@
 //! The client: one connection to the broker per process, shared by all threads.
 //!
 //! - Thread-safe: a mutex serialises calls on the connection (each is one request and its reply).
-//! - Bounded: every call gives up after a timeout (`SHALLOC_TIMEOUT_MS`, default 5000 ms).
+//! - Bounded: every call gives up after a timeout (`SHALLOC_TIMEOUT_MS`, default 2000 ms).
 //! - Fork-safe: a child never sends on the connection it inherited, whose peer credentials name
 //!   its parent; it opens its own on its first call. An `atfork` handler keeps a fork from
 //!   copying a lock held by another thread (see [`fork`]).
@@ -25,7 +25,9 @@ use connection::{CallError, ConnectError, Connection};
 /// The environment variable that sets the timeout of every call, in milliseconds.
 pub const TIMEOUT_ENV: &str = "SHALLOC_TIMEOUT_MS";
 
-const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
+/// Two seconds: every call, a broker's death included, returns within it (a broker answers in
+/// microseconds and starts in milliseconds; the margin is for a loaded machine).
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
 
 /// This process's connection, if it has one.
 pub(crate) static CONNECTION: Mutex<Option<Connection>> = Mutex::new(None);
