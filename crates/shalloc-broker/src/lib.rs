@@ -101,6 +101,18 @@ impl Default for Config {
     }
 }
 
+/// For fuzzing only, not a stable API: a fresh broker serves `frames` as one client connection of
+/// the calling process, over a socketpair, exactly as its event loop would (each frame with its
+/// descriptor, if any), and the reply frames come back in order. Handle values start at `0x100`
+/// and step by 4; nothing is logged below errors. It stops early once the broker drops the
+/// connection or is asked to stop.
+#[doc(hidden)]
+pub fn fuzz_frames(
+    frames: &[(&[u8], Option<std::os::fd::BorrowedFd<'_>>)],
+) -> std::io::Result<Vec<Vec<u8>>> {
+    state::fuzz_frames(frames)
+}
+
 /// Why the broker could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -456,3 +456,68 @@ fn peer_process(sock: &OwnedFd) -> std::io::Result<Process> {
     }
     Ok(process)
 }
+
+/// For fuzzing: a fresh broker (logging errors only, handle values from 0x100 up by 4, default
+/// limits, 1024 open files) serves `frames` as one connection of this process, each frame with its
+/// descriptor, exactly as the event loop would (through `serve`), one frame per wake-up. Returns
+/// the reply frames, in order; stops early once the broker dropped the connection or was asked to
+/// stop, or when a frame cannot be sent (longer than the socket takes).
+pub(crate) fn fuzz_frames(
+    frames: &[(&[u8], Option<std::os::fd::BorrowedFd<'_>>)],
+) -> std::io::Result<Vec<Vec<u8>>> {
+    use rustix::net::{AddressFamily, SocketType};
+    let pair = || {
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+    };
+    let (client, server) = pair()?;
+    // The loop is never run: any two descriptors epoll accepts stand in for listener and signals.
+    let (listener, signals) = pair()?;
+    let log = Log::new(None, crate::log::Level::Error);
+    let values = crate::handles::HandleValues::new(0);
+    let mut broker = Broker::new(Config::default(), listener, signals, log, 1024, values)?;
+    let peer = Process::open(std::process::id()).map_err(|f| std::io::Error::other(f.reason))?;
+    let conn = Connection {
+        sock: server,
+        peer,
+        greeted: false,
+    };
+    broker.connections.insert(FIRST_CONNECTION, conn);
+    let mut replies = Vec::new();
+    let mut buf: RecvBuf = [0; MAX_FRAME + 1];
+    for (frame, fd) in frames {
+        if send_raw(client.as_fd(), frame, *fd).is_err() {
+            break;
+        }
+        broker.serve(FIRST_CONNECTION);
+        while let Ok(reply) = transport::recv(client.as_fd(), &mut buf, true) {
+            replies.push(buf[..reply.len].to_vec());
+        }
+        if broker.stopping || !broker.connections.contains_key(&FIRST_CONNECTION) {
+            break;
+        }
+    }
+    Ok(replies)
+}
+
+/// Sends raw bytes as one record, with `fd` attached when given (a client that need not encode).
+fn send_raw(
+    sock: std::os::fd::BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<(), Errno> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    rustix::net::sendmsg(sock, &[std::io::IoSlice::new(bytes)], &mut control, flags).map(|_| ())
+}

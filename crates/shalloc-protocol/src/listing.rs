@@ -3,7 +3,8 @@
 //!
 //! It travels as the contents of a sealed memfd (one frame, whatever its length), as text: one
 //! record per line, a record kind, then `key=value` fields separated by tabs. Values escape `%`,
-//! tab and newline as `%25`, `%09` and `%0A`, so command names and paths can hold anything.
+//! tab, newline and carriage return as `%25`, `%09`, `%0A` and `%0D` (and, in the comma-separated
+//! seal list, commas as `%2C`), so command names, paths and seal names can hold anything.
 
 use std::collections::HashMap;
 
@@ -81,12 +82,15 @@ fn escape(value: &str) -> String {
         .replace('%', "%25")
         .replace('\t', "%09")
         .replace('\n', "%0A")
+        .replace('\r', "%0D")
 }
 
 fn unescape(value: &str) -> String {
     value
         .replace("%0A", "\n")
+        .replace("%0D", "\r")
         .replace("%09", "\t")
+        .replace("%2C", ",")
         .replace("%25", "%")
 }
 
@@ -144,7 +148,11 @@ impl Listing {
                     "handle\thandle={}\tsize={}\tseals={}\n",
                     h.handle,
                     h.size,
-                    h.seals.join(",")
+                    h.seals
+                        .iter()
+                        .map(|seal| escape(seal).replace(',', "%2C"))
+                        .collect::<Vec<_>>()
+                        .join(",")
                 );
             }
         }
@@ -186,14 +194,14 @@ impl Listing {
                     entries: Vec::new(),
                 }),
                 "handle" => {
-                    let seals = fields.text("seals")?;
+                    let seals = fields.0.get("seals").ok_or("missing field seals")?;
                     let entry = HandleEntry {
                         handle: fields.num("handle")?,
                         size: fields.num("size")?,
                         seals: seals
                             .split(',')
                             .filter(|s| !s.is_empty())
-                            .map(String::from)
+                            .map(unescape)
                             .collect(),
                     };
                     listing
@@ -240,7 +248,7 @@ mod tests {
                 entries: vec![HandleEntry {
                     handle: 0x100,
                     size: 5,
-                    seals: vec!["shrink".into(), "grow".into()],
+                    seals: vec!["shrink".into(), "g,r\nw%".into()],
                 }],
             }],
         };
