@@ -301,6 +301,7 @@ fn run(args: &Args) -> Result<()> {
                     .get_mut(&system)
                     .ok_or("no peer")?
                     .handoff(block, expected),
+                Scenario::Fill => Err("fill runs on its own, below".into()),
             })?;
             let mut line = format!(
                 "[{:6.1} s] {} {}:",
@@ -328,6 +329,34 @@ fn run(args: &Args) -> Result<()> {
     }
     std::hint::black_box(sink);
 
+    // In-place fill against a prepared buffer, beside the cycle scenario.
+    let fill_sizes: Vec<usize> = systems::FILL_SIZES
+        .into_iter()
+        .filter(|s| scenarios.contains(&Scenario::Cycle) && sizes.contains(s))
+        .collect();
+    let mut scratch = Vec::new();
+    for &size in &fill_sizes {
+        let samples = measure_interleaved(&systems::FILL_SYSTEMS, &budget, |system| {
+            sink = sink.wrapping_add(systems::fill(system, size, &mut scratch)?);
+            Ok(())
+        })?;
+        for (system, mut samples) in samples {
+            if let Some(stats) = Stats::of(&mut samples) {
+                records.push(Record {
+                    scenario: Scenario::Fill,
+                    size,
+                    system,
+                    stats,
+                });
+            }
+        }
+        eprintln!(
+            "[{:6.1} s] fill {}",
+            started.elapsed().as_secs_f64(),
+            size_label(size)
+        );
+    }
+
     let mut shutdown_errors = Vec::new();
     for (_, mut peer) in peers {
         if let Err(e) = peer.shutdown() {
@@ -340,6 +369,17 @@ fn run(args: &Args) -> Result<()> {
         println!(
             "{}",
             report::terminal_table(&records, scenario, &sizes, &systems)
+        );
+    }
+    if !fill_sizes.is_empty() {
+        println!(
+            "{}",
+            report::terminal_table(
+                &records,
+                Scenario::Fill,
+                &fill_sizes,
+                &systems::FILL_SYSTEMS
+            )
         );
     }
     if let Some(path) = &args.json {
@@ -377,6 +417,18 @@ fn run(args: &Args) -> Result<()> {
                 scenario.name(),
                 scenario.description(),
                 report::markdown_table(&records, scenario, &sizes, &systems)
+            ));
+        }
+        if !fill_sizes.is_empty() {
+            md.push_str(&format!(
+                "**fill** — {}. Median µs (ratio to floor):\n\n{}\n",
+                Scenario::Fill.description(),
+                report::markdown_table(
+                    &records,
+                    Scenario::Fill,
+                    &fill_sizes,
+                    &systems::FILL_SYSTEMS
+                )
             ));
         }
         std::fs::write(path, md)?;

@@ -97,6 +97,7 @@ impl Peer {
                 let tx = self.ipc_tx.as_ref().ok_or("ipc-channel peer not set up")?;
                 tx.send(IpcSharedMemory::from_bytes(data))?;
             }
+            System::ShallocFill => return Err("shalloc alloc_with has no hand-off".into()),
             System::SharedMemory => {
                 let shm = ShmemConf::new().size(data.len()).create()?;
                 // SAFETY: the new mapping has room for data.len() bytes; nobody else knows it yet.
@@ -226,6 +227,7 @@ pub fn run_peer(system: System) -> Result<()> {
                 sum
             }
             System::IpcChannel => return Err("unreachable: ipc-channel peer".into()),
+            System::ShallocFill => return Err("shalloc alloc_with has no hand-off".into()),
         };
         send_ack(&ctl, sum)?;
     }

@@ -24,6 +24,7 @@ fn style(system: System) -> (&'static str, &'static str, f64) {
         System::Pipe => ("#1f77b4", "", 1.8),
         System::IpcChannel => ("#2ca02c", "", 1.8),
         System::SharedMemory => ("#ff7f0e", "", 1.8),
+        System::ShallocFill => ("#9467bd", "2 2", 2.0),
     }
 }
 

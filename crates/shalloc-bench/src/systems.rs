@@ -22,6 +22,9 @@ pub enum System {
     IpcChannel,
     /// The shared_memory crate's named mapping; its name is sent.
     SharedMemory,
+    /// shalloc's in-place fill (`alloc_with`): only in the `fill` scenario, where `shalloc` is
+    /// `alloc` of a prepared buffer.
+    ShallocFill,
 }
 
 impl System {
@@ -42,6 +45,7 @@ impl System {
             System::Pipe => "pipe",
             System::IpcChannel => "ipc-channel",
             System::SharedMemory => "shared_memory",
+            System::ShallocFill => "shalloc alloc_with",
         }
     }
 
@@ -58,6 +62,9 @@ pub enum Scenario {
     Cycle,
     /// A hands a block to B, B reads every byte, frees and acknowledges.
     Handoff,
+    /// Produce a block's contents: into a buffer and then `alloc` it, or in place with
+    /// `alloc_with`. Runs with `cycle`, at 1 MiB and 16 MiB; not a filter choice of its own.
+    Fill,
 }
 
 impl Scenario {
@@ -69,6 +76,7 @@ impl Scenario {
         match self {
             Scenario::Cycle => "cycle",
             Scenario::Handoff => "handoff",
+            Scenario::Fill => "fill",
         }
     }
 
@@ -86,6 +94,11 @@ impl Scenario {
             Scenario::Handoff => {
                 "A allocates into B's table and sends the handle; B locks, checksums every byte, \
                  unlocks, frees and acks; latency per hand-off"
+            }
+            Scenario::Fill => {
+                "produce the block's bytes (a pattern, standing in for serialization) and put them \
+                 in a sealed block in our own table: floor = into a buffer, then memfd + pwrite + \
+                 seals; shalloc = into a buffer, then alloc; alloc_with = in place; then free"
             }
         }
     }
@@ -111,6 +124,7 @@ impl CycleState {
                 // SAFETY: the shared memory is mapped for shm.len() bytes while shm lives.
                 Ok(unsafe { touch_pages(shm.as_ptr(), shm.len()) })
             }
+            System::ShallocFill => Err("shalloc alloc_with runs only in the fill scenario".into()),
             System::SharedMemory => {
                 let owner = ShmemConf::new().size(data.len()).create()?;
                 // SAFETY: the new mapping has room for data.len() bytes, and nobody else knows it.
@@ -172,4 +186,36 @@ fn shalloc_cycle(data: &[u8]) -> Result<u64> {
     drop(view);
     shalloc::free(handle, me)?;
     Ok(sum)
+}
+
+/// The systems of the `fill` scenario.
+pub const FILL_SYSTEMS: [System; 3] = [System::Floor, System::Shalloc, System::ShallocFill];
+
+/// The sizes of the `fill` scenario.
+pub const FILL_SIZES: [usize; 2] = [1 << 20, 16 << 20];
+
+/// Writes the block's contents: what a serializer would do, one pass over the bytes.
+fn produce(buf: &mut [u8]) {
+    for (i, b) in buf.iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31) ^ (i >> 12) as u8;
+    }
+}
+
+/// One `fill` of `size` bytes by `system`; `scratch` is the prepared buffer the first two reuse.
+pub fn fill(system: System, size: usize, scratch: &mut Vec<u8>) -> Result<u64> {
+    let me = shalloc::Pid::current();
+    scratch.resize(size, 0);
+    match system {
+        System::Floor => {
+            produce(scratch);
+            drop(floor::sealed_memfd(scratch)?);
+        }
+        System::Shalloc => {
+            produce(scratch);
+            shalloc::free(shalloc::alloc(scratch, me)?, me)?;
+        }
+        System::ShallocFill => shalloc::free(shalloc::alloc_with(size, me, produce)?, me)?,
+        other => return Err(format!("{} has no fill", other.name()).into()),
+    }
+    Ok(size as u64)
 }
