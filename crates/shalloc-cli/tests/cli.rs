@@ -6,7 +6,6 @@
 #[path = "../../shalloc/tests/common/mod.rs"]
 mod common;
 
-use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
@@ -22,28 +21,7 @@ fn shalloc() -> Command {
 
 /// Runs to completion within LIMIT (killed by pid otherwise), feeding `input` to stdin.
 fn run(cmd: &mut Command, input: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    match rx.recv_timeout(LIMIT) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            // SAFETY: kill takes plain integers; pid is our child's.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("{cmd:?} did not finish within {LIMIT:?}");
-        }
-    }
+    common::run_limited(cmd, Some(input), LIMIT)
 }
 
 fn ok(out: &Output) -> Vec<u8> {

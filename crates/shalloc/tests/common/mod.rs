@@ -149,6 +149,41 @@ pub fn wait_exit(pid: libc::pid_t, limit: Duration) -> i32 {
     }
 }
 
+/// Runs `cmd` to its end within `limit`, feeding it `stdin` (or /dev/null) and collecting its
+/// output; kills it by its pid and fails the test when it overruns.
+pub fn run_limited(
+    cmd: &mut std::process::Command,
+    stdin: Option<&[u8]>,
+    limit: Duration,
+) -> std::process::Output {
+    use std::process::Stdio;
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let pid = child.id();
+    if let Some(mut pipe) = child.stdin.take() {
+        let data = stdin.unwrap_or_default().to_vec();
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut pipe, &data);
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            // SAFETY: kill takes plain integers; pid is our child's.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
 /// A pipe for parent/child messages: (read end, write end) as Files.
 pub fn pipe() -> (std::fs::File, std::fs::File) {
     let (r, w) = rustix::pipe::pipe().unwrap();
