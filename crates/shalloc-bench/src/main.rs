@@ -2,7 +2,9 @@
 //! process to another and back through shalloc, a plain-syscall floor, a Unix socket, ipc-channel
 //! and shared_memory, and reports medians with their ratios to the floor.
 //!
-//! `cargo run --release -p shalloc-bench -- [--quick] [--json FILE] [--plot FILE]`
+//! `cargo run --release -p shalloc-bench -- [--quick] [--json FILE] [--plot FILE]`, or
+//! `-- --throughput` (broker requests/s with 1, 4 and 16 clients beside a raw `SOCK_SEQPACKET`
+//! echo server), or `-- --memory` (broker and client memory per live handle).
 //!
 //! It starts a private broker (its own runtime directory, the `shalloc` executable next to this
 //! one) and one peer process per system (this executable again, with `--peer SYSTEM`), and stops
@@ -10,6 +12,7 @@
 
 mod common;
 mod floor;
+mod load;
 mod measure;
 mod peer;
 mod plot;
@@ -59,6 +62,20 @@ struct Args {
     /// Run as the receiving peer of SYSTEM on stdin (internal).
     #[arg(long, hide = true, value_name = "SYSTEM")]
     peer: Option<String>,
+    /// Broker throughput instead: requests/s with 1, 4 and 16 client processes, beside a raw
+    /// SOCK_SEQPACKET echo server.
+    #[arg(long, conflicts_with = "memory")]
+    throughput: bool,
+    /// Memory per live handle instead: the broker's RSS and descriptors, and this process's RSS,
+    /// with 10,000 live 64 B handles.
+    #[arg(long)]
+    memory: bool,
+    /// Run as a throughput client of SYSTEM (shalloc, echo) on stdin (internal).
+    #[arg(long, hide = true, value_name = "SYSTEM")]
+    load_client: Option<String>,
+    /// Run as the echo server listening at PATH (internal).
+    #[arg(long, hide = true, value_name = "PATH")]
+    echo_server: Option<PathBuf>,
 }
 
 const QUICK_SIZES: [usize; 5] = [64, 4 << 10, 64 << 10, 1 << 20, 16 << 20];
@@ -71,13 +88,23 @@ fn main() -> ExitCode {
             Some(system) => run_peer(system),
             None => Err(format!("no system called {name:?}").into()),
         },
-        None => run(&args),
+        None => match (&args.load_client, &args.echo_server) {
+            (Some(name), _) => match load::LoadSystem::from_name(name) {
+                Some(system) => load::run_load_client(system),
+                None => Err(format!("no load system called {name:?}").into()),
+            },
+            (None, Some(path)) => load::run_echo_server(path),
+            (None, None) if args.throughput || args.memory => run_load(&args),
+            (None, None) => run(&args),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let who = if args.peer.is_some() {
                 "shalloc-bench peer"
+            } else if args.load_client.is_some() || args.echo_server.is_some() {
+                "shalloc-bench load process"
             } else {
                 "shalloc-bench"
             };
@@ -234,6 +261,21 @@ fn parse_filters<T: Copy + Ord>(
     chosen.sort();
     chosen.dedup();
     Ok(chosen)
+}
+
+/// `--throughput` or `--memory`, against a private broker.
+fn run_load(args: &Args) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let broker = broker_executable(&exe)?;
+    println!("shalloc-bench on {}", machine());
+    let env = BrokerEnv::start(&broker)?;
+    if args.throughput {
+        load::run_throughput(&exe, &env.runtime_dir)?;
+    } else {
+        load::run_memory()?;
+    }
+    println!("load average now {}", load_average());
+    Ok(())
 }
 
 fn run(args: &Args) -> Result<()> {
