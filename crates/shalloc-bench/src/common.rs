@@ -173,6 +173,60 @@ pub fn test_data(len: usize) -> Vec<u8> {
     out
 }
 
+/// A child process the bench started: waited for with a deadline, and killed by its pid if it has
+/// not exited when dropped (std keeps it as our unreaped child until then, so the pid is ours).
+pub struct Spawned {
+    child: std::process::Child,
+    exited: bool,
+}
+
+impl Spawned {
+    /// Takes charge of `child`.
+    pub fn new(child: std::process::Child) -> Spawned {
+        Spawned {
+            child,
+            exited: false,
+        }
+    }
+
+    /// Whether the child was already waited for.
+    pub fn exited(&self) -> bool {
+        self.exited
+    }
+
+    /// Waits up to `limit` for the child to exit successfully; kills it when it overruns.
+    /// `what` names it in errors.
+    pub fn finish(&mut self, what: &str, limit: std::time::Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                self.exited = true;
+                return if status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("{what} exited with {status}").into())
+                };
+            }
+            if std::time::Instant::now() > deadline {
+                self.child.kill()?;
+                self.child.wait()?;
+                self.exited = true;
+                return Err(format!("{what} did not exit; killed").into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if !self.exited {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,13 +9,13 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketType};
 
-use crate::common::{Header, Kind, Result, recv_ack, recv_header, send_ack, test_data};
+use crate::common::{Header, Kind, Result, Spawned, recv_ack, recv_header, send_ack, test_data};
 use crate::floor;
 
 /// The hidden flag that starts a throughput client.
@@ -66,9 +66,8 @@ impl LoadSystem {
 
 /// A child process with a control socket; killed by its pid if it has not exited when dropped.
 struct Proc {
-    child: Child,
+    child: Spawned,
     ctl: Option<UnixStream>,
-    exited: bool,
 }
 
 impl Proc {
@@ -84,9 +83,8 @@ impl Proc {
             cmd.env(k, v);
         }
         let proc = Proc {
-            child: cmd.spawn()?,
+            child: Spawned::new(cmd.spawn()?),
             ctl: Some(ctl),
-            exited: false,
         };
         recv_ack(proc.ctl()?)?;
         Ok(proc)
@@ -109,34 +107,7 @@ impl Proc {
             };
             let _ = floor::write_all(ctl.as_fd(), &quit.encode());
         }
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.exited = true;
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("a load process exited with {status}").into())
-                };
-            }
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                self.child.wait()?;
-                self.exited = true;
-                return Err("a load process did not exit; killed".into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if !self.exited {
-            // Our unreaped child, so the pid is still ours.
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.child.finish("a load process", Duration::from_secs(1))
     }
 }
 

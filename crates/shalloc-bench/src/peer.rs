@@ -5,14 +5,16 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use ipc_channel::IpcError;
 use ipc_channel::ipc::{self, IpcOneShotServer, IpcSender, IpcSharedMemory};
 use shared_memory::ShmemConf;
 
-use crate::common::{Header, Kind, Result, checksum, read_name, recv_ack, recv_header, send_ack};
+use crate::common::{
+    Header, Kind, Result, Spawned, checksum, read_name, recv_ack, recv_header, send_ack,
+};
 use crate::floor;
 use crate::systems::System;
 
@@ -22,11 +24,10 @@ pub const PEER_FLAG: &str = "--peer";
 /// A's end of a running peer B.
 pub struct Peer {
     system: System,
-    child: Child,
+    child: Spawned,
     ctl: UnixStream,
     pid: shalloc::Pid,
     ipc_tx: Option<IpcSender<IpcSharedMemory>>,
-    exited: bool,
 }
 
 impl Peer {
@@ -43,11 +44,10 @@ impl Peer {
         let pid = shalloc::Pid::from_raw(child.id());
         let mut peer = Peer {
             system,
-            child,
+            child: Spawned::new(child),
             ctl,
             pid,
             ipc_tx: None,
-            exited: false,
         };
         if system == System::IpcChannel {
             let (server, name) = IpcOneShotServer::<IpcSender<IpcSharedMemory>>::new()?;
@@ -127,7 +127,7 @@ impl Peer {
 
     /// Asks the peer to exit and waits for it (killing it, by its pid, after a second).
     pub fn shutdown(&mut self) -> Result<()> {
-        if self.exited {
+        if self.child.exited() {
             return Ok(());
         }
         let quit = Header {
@@ -138,34 +138,8 @@ impl Peer {
         let _ = floor::write_all(self.ctl.as_fd(), &quit.encode());
         // The ipc-channel peer waits on its channel: dropping the sender disconnects it.
         self.ipc_tx = None;
-        let deadline = Instant::now() + Duration::from_secs(1);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                self.exited = true;
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(format!("the {} peer exited with {status}", self.system.name()).into())
-                };
-            }
-            if Instant::now() > deadline {
-                self.child.kill()?;
-                self.child.wait()?;
-                self.exited = true;
-                return Err(format!("the {} peer did not exit; killed", self.system.name()).into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        if !self.exited {
-            // Kills the child by its pid (std keeps it as our unreaped child, so the pid is ours).
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let what = format!("the {} peer", self.system.name());
+        self.child.finish(&what, Duration::from_secs(1))
     }
 }
 
