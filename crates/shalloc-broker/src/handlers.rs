@@ -13,7 +13,9 @@ use crate::block::Block;
 use crate::failure::Failure;
 use crate::process::{self, Process};
 use crate::state::Broker;
-use crate::tables::Table;
+use crate::reopen::reopen;
+use crate::tables::{PutError, Table};
+use shalloc_protocol::segment::State;
 
 /// What a handler produced: a reply, and the descriptor that travels with it, if any.
 pub(crate) type Answer = Result<(Reply, Option<OwnedFd>), Failure>;
@@ -60,7 +62,11 @@ impl Broker {
         };
         if let Some(process) = fresh {
             self.watch_table(&process)?;
-            return Ok(Some(self.tables.insert(process)));
+            return self
+                .tables
+                .insert(process)
+                .map(Some)
+                .map_err(|e| Failure::no_resources(format!("cannot make a table: {e}")));
         }
         Ok(self.tables.live(pid))
     }
@@ -78,29 +84,52 @@ impl Broker {
     }
 
     /// Puts `block` under a new handle into `pid`'s table (creating the table), within the
-    /// user's total, the broker's descriptors and the table's own limit.
+    /// user's total, the broker's descriptors and the table's own limit, and sends it to the
+    /// table's owner if it attached (before the reply, so that whoever learns the handle from the
+    /// reply can only tell the owner after the block is on its way).
     fn put_into(&mut self, caller: &Process, pid: u32, block: Rc<Block>) -> Answer {
-        let total = self.tables.handle_count();
+        let total = self.tables.pending_count();
         if total >= self.max_live_handles() {
             return Err(Failure::no_resources(format!(
-                "the broker holds {total} handles, its limit (at most {} handles, {} open files)",
+                "the broker holds {total} blocks, its limit (at most {} handles, {} open files)",
                 self.config.limits.max_handles, self.nofile
             )));
         }
-        let per_table = self.config.limits.max_handles_per_table;
-        let table = self
-            .table(caller, pid, true)?
+        let capacity = self.tables.capacity();
+        self.table(caller, pid, true)?
             .ok_or_else(|| Failure::access_denied("no table"))?;
-        if table.handles.len() >= per_table {
-            return Err(Failure::no_resources(format!(
-                "the table of process {pid} already holds {per_table} handles, its limit"
-            )));
-        }
         let handle = self
             .tables
-            .put(pid, block)
-            .ok_or_else(|| Failure::no_resources("no free handle value"))?;
+            .put(pid, Rc::clone(&block))
+            .map_err(|e| match e {
+                PutError::Full => Failure::no_resources(format!(
+                    "the table of process {pid} already holds {capacity} handles, its limit"
+                )),
+                PutError::NoValue => Failure::no_resources("no free handle value"),
+            })?;
+        self.outbox.push((pid, handle, block));
         plain(Reply::Handle { handle })
+    }
+
+    /// The block of `handle` in `owner`'s table: the broker's own copy when it holds one, else
+    /// opened again from the owner's descriptor, and believed only if the handle stayed `Live`
+    /// throughout (an owner closes a block's descriptor only after its slot left `Live`).
+    fn block_of(&mut self, caller: &Process, handle: u32, owner: u32) -> Result<Rc<Block>, Failure> {
+        let max = self.config.limits.max_block;
+        let invalid = || Failure::invalid_handle(handle, owner);
+        let table = self.table(caller, owner, false)?.ok_or_else(invalid)?;
+        let (slot, state) = table.find(handle).ok_or_else(invalid)?;
+        if let Some(block) = table.pending.get(&handle) {
+            return Ok(Rc::clone(block));
+        }
+        let State::Live { fd, .. } = state else {
+            return Err(invalid());
+        };
+        let block = reopen(&table.process, fd, handle, max)?;
+        if table.segment.state(slot) != state {
+            return Err(invalid());
+        }
+        Ok(Rc::new(block))
     }
 
     /// `Lock`: send the block's memfd back for the caller to map.
@@ -111,42 +140,101 @@ impl Broker {
         owner: u32,
         write: bool,
     ) -> Answer {
-        let table = self.table(caller, owner, false)?;
-        let block = table
-            .and_then(|t| t.handles.get(&handle))
-            .ok_or_else(|| Failure::invalid_handle(handle, owner))?;
+        let block = self.block_of(caller, handle, owner)?;
         if write && block.frozen {
             return Err(Failure::access_denied(format!(
                 "handle {handle:#x} names a frozen (write-sealed) block: lock it read-only"
             )));
         }
-        let fd = block
-            .fd
-            .try_clone()
-            .map_err(|e| Failure::no_resources(format!("dup: {e}")))?;
-        Ok((Reply::Block { size: block.size }, Some(fd)))
+        let size = block.size;
+        let fd = match Rc::try_unwrap(block) {
+            Ok(reopened) => reopened.fd,
+            Err(shared) => shared
+                .fd
+                .try_clone()
+                .map_err(|e| Failure::no_resources(format!("dup: {e}")))?,
+        };
+        Ok((Reply::Block { size }, Some(fd)))
     }
 
-    /// `Free`: close the handle.
+    /// `Free`: close the handle, by the same compare-and-swap the owner uses, so of two racing
+    /// frees exactly one succeeds.
     pub(crate) fn free(&mut self, caller: &Process, handle: u32, owner: u32) -> Answer {
-        let known = self
-            .table(caller, owner, false)?
-            .is_some_and(|t| t.handles.contains_key(&handle));
-        if !known {
-            return Err(Failure::invalid_handle(handle, owner));
+        let invalid = || Failure::invalid_handle(handle, owner);
+        let table = self.table(caller, owner, false)?.ok_or_else(invalid)?;
+        // The owner may move the slot from Pending to Live under us (it took the block): look again.
+        let mut closed = None;
+        for _ in 0..3 {
+            let (slot, state) = table.find(handle).ok_or_else(invalid)?;
+            if table.segment.swap(slot, state, State::Empty).is_ok() {
+                closed = Some(state);
+                break;
+            }
         }
-        self.tables.remove(owner, handle);
+        match closed.ok_or_else(invalid)? {
+            State::Live { .. } => table.segment.count_remote_free(),
+            State::Pending { .. } => {}
+            _ => return Err(invalid()),
+        }
+        self.tables.forget_pending(owner, handle);
+        self.tables.drop_if_unused(owner);
         plain(Reply::Done)
     }
 
     /// `Map`: duplicate a handle from one table into another.
     pub(crate) fn map(&mut self, caller: &Process, handle: u32, from: u32, to: u32) -> Answer {
-        let block = self
-            .table(caller, from, false)?
-            .and_then(|t| t.handles.get(&handle))
-            .cloned()
-            .ok_or_else(|| Failure::invalid_handle(handle, from))?;
+        let block = self.block_of(caller, handle, from)?;
         self.put_into(caller, to, block)
+    }
+
+    /// `Attach`: give the caller its own table's segment, and (after the reply) every block the
+    /// broker holds for it.
+    pub(crate) fn attach(&mut self, caller: &Process, token: u64) -> Answer {
+        let capacity = self.tables.capacity();
+        let table = self
+            .table(caller, caller.pid, true)?
+            .ok_or_else(|| Failure::access_denied("no table"))?;
+        table.attached = Some(token);
+        let fd = table
+            .segment_fd
+            .try_clone()
+            .map_err(|e| Failure::no_resources(format!("dup: {e}")))?;
+        let held: Vec<_> = table
+            .pending
+            .iter()
+            .map(|(&handle, block)| (caller.pid, handle, Rc::clone(block)))
+            .collect();
+        self.outbox.extend(held);
+        Ok((
+            Reply::Table {
+                capacity: capacity as u32,
+            },
+            Some(fd),
+        ))
+    }
+
+    /// `Lease`: handle values for the caller's own allocations.
+    pub(crate) fn lease(&mut self, caller: &Process) -> Answer {
+        self.table(caller, caller.pid, true)?
+            .ok_or_else(|| Failure::access_denied("no table"))?;
+        let (start, count) = self
+            .tables
+            .lease(caller.pid)
+            .ok_or_else(|| Failure::no_resources("no free handle value"))?;
+        plain(Reply::Lease { start, count })
+    }
+
+    /// The `Adopted` notice: the owner took `handle`'s block; close the broker's copy once the slot
+    /// shows it (a notice alone proves nothing).
+    pub(crate) fn adopted(&mut self, caller: &Process, handle: u32) {
+        let still_ours = self
+            .tables
+            .live(caller.pid)
+            .and_then(|t| t.find(handle))
+            .is_some_and(|(_, state)| state == State::Pending { handle });
+        if !still_ours {
+            self.tables.forget_pending(caller.pid, handle);
+        }
     }
 }
 

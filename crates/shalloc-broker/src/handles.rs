@@ -13,11 +13,7 @@
 
 use std::path::PathBuf;
 
-/// The smallest handle value.
-pub(crate) const FIRST: u32 = 0x100;
-/// One past the largest handle value: values survive truncation to 32 bits and sign extension.
-pub(crate) const LIMIT: u32 = 1 << 31;
-const STEP: u32 = 4;
+use shalloc_protocol::segment::{FIRST_HANDLE as FIRST, HANDLE_LIMIT as LIMIT, HANDLE_STEP as STEP};
 /// Values reserved per write of the mark.
 const RESERVATION: u32 = 1 << 16;
 
@@ -82,6 +78,20 @@ impl HandleValues {
         None
     }
 
+    /// Up to `count` consecutive values (a lease for a process's own allocations), never wrapping
+    /// inside one run: `(first value, how many)`. `None` only when the mark could not be recorded.
+    pub fn take_run(&mut self, count: u32) -> Option<(u32, u32)> {
+        if self.reserved == 0 {
+            self.reserve()?;
+        }
+        let to_end = (LIMIT - self.next) / STEP;
+        let n = count.min(self.reserved).min(to_end).max(1);
+        let start = self.next;
+        self.next = advance(start, n);
+        self.reserved -= n;
+        Some((start, n))
+    }
+
     fn reserve(&mut self) -> Option<()> {
         if let Some(store) = &self.store {
             let mark = advance(self.next, RESERVATION);
@@ -110,6 +120,18 @@ mod tests {
         };
         assert_eq!(end.take(|_| false), Some(LIMIT - STEP));
         assert_eq!(end.take(|_| false), Some(FIRST));
+    }
+
+    #[test]
+    fn runs_are_consecutive_and_stop_at_the_end() {
+        let mut v = HandleValues {
+            next: LIMIT - 3 * STEP,
+            reserved: u32::MAX,
+            store: None,
+        };
+        assert_eq!(v.take_run(64), Some((LIMIT - 3 * STEP, 3)));
+        assert_eq!(v.take_run(2), Some((FIRST, 2)));
+        assert_eq!(v.take(|_| false), Some(FIRST + 2 * STEP));
     }
 
     #[test]

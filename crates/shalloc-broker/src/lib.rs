@@ -20,6 +20,7 @@ mod handles;
 mod listing;
 pub mod log;
 mod process;
+mod reopen;
 mod startup;
 mod state;
 mod tables;

@@ -10,9 +10,14 @@ use shalloc_protocol::listing::{BrokerStats, HandleEntry, Listing, RequestStats,
 use crate::block::Block;
 use crate::state::Broker;
 
-/// The names of the seals a block carries.
-fn seal_names(block: &Block) -> Vec<String> {
-    let seals = rustix::fs::fcntl_get_seals(&block.fd).unwrap_or(SealFlags::empty());
+/// The names of the seals a block carries: read off the broker's copy, or, for a block its owner
+/// holds, the seals every block has plus the write seal if the owner said it is frozen.
+fn seal_names(block: Option<&Rc<Block>>, frozen: bool) -> Vec<String> {
+    let seals = match block {
+        Some(block) => rustix::fs::fcntl_get_seals(&block.fd).unwrap_or(SealFlags::empty()),
+        None if frozen => crate::block::REQUIRED_SEALS | SealFlags::WRITE,
+        None => crate::block::REQUIRED_SEALS,
+    };
     [
         (SealFlags::SHRINK, "shrink"),
         (SealFlags::GROW, "grow"),
@@ -30,32 +35,45 @@ fn seal_names(block: &Block) -> Vec<String> {
 pub(crate) fn describe(broker: &Broker, verbose: bool) -> Listing {
     let mut seen: HashSet<*const Block> = HashSet::new();
     let mut bytes = 0;
+    let mut handles = 0;
+    let mut owned_blocks = 0;
     let mut tables: Vec<TableEntry> = broker
         .tables
         .iter()
         .map(|table| {
             let mut entries: Vec<HandleEntry> = Vec::new();
             let mut table_bytes = 0;
-            for (handle, block) in &table.handles {
-                table_bytes += block.size;
-                if seen.insert(Rc::as_ptr(block)) {
-                    bytes += block.size;
+            let found = table.handles();
+            for &(handle, size, frozen, block) in &found {
+                table_bytes += size;
+                // Blocks the broker holds are counted once however many handles share them; a
+                // block an owner holds is counted per handle (the broker cannot tell them apart).
+                let new_block = match block {
+                    Some(block) => seen.insert(Rc::as_ptr(block)),
+                    None => {
+                        owned_blocks += 1;
+                        true
+                    }
+                };
+                if new_block {
+                    bytes += size;
                 }
                 if verbose {
                     entries.push(HandleEntry {
-                        handle: *handle,
-                        size: block.size,
-                        seals: seal_names(block),
+                        handle,
+                        size,
+                        seals: seal_names(block, frozen),
                     });
                 }
             }
+            handles += found.len() as u64;
             entries.sort_by_key(|e| e.handle);
             let command = std::fs::read_to_string(format!("/proc/{}/comm", table.process.pid))
                 .unwrap_or_default();
             TableEntry {
                 pid: table.process.pid,
                 command: command.trim_end().to_string(),
-                handles: table.handles.len() as u64,
+                handles: found.len() as u64,
                 bytes: table_bytes,
                 entries,
             }
@@ -75,8 +93,8 @@ pub(crate) fn describe(broker: &Broker, verbose: bool) -> Listing {
                 .unwrap_or_default(),
             // The caller's own connection is out of the map while its request is served.
             connections: broker.connection_count() as u64 + 1,
-            handles: broker.tables.handle_count() as u64,
-            blocks: seen.len() as u64,
+            handles,
+            blocks: seen.len() as u64 + owned_blocks,
             bytes,
         },
         requests: broker

@@ -59,6 +59,9 @@ pub(crate) struct Broker {
     pub stats: Stats,
     /// Set by a Stop request: the loop ends after the current batch of events.
     pub stopping: bool,
+    /// Blocks to send to their tables' owners ([`Reply::Adopt`]) before the current reply:
+    /// (owner pid, handle, block).
+    pub outbox: Vec<(u32, u32, std::rc::Rc<crate::block::Block>)>,
 }
 
 /// Counters for `shalloc ls`.
@@ -110,11 +113,12 @@ impl Broker {
             epoll::EventData::new_u64(SIGNALS),
             epoll::EventFlags::IN,
         )?;
+        let tables = Tables::new(values, config.limits.max_handles_per_table);
         Ok(Broker {
             config,
             uid: rustix::process::getuid().as_raw(),
             nofile,
-            tables: Tables::new(values),
+            tables,
             log,
             epoll,
             listener,
@@ -127,11 +131,12 @@ impl Broker {
                 requests: Vec::new(),
             },
             stopping: false,
+            outbox: Vec::new(),
         })
     }
 
-    /// The most handles the broker will hold: each costs a descriptor, and it must keep room for
-    /// connections and its own.
+    /// The most blocks the broker will hold itself (handles whose owner has not taken them): each
+    /// costs a descriptor, and it must keep room for connections, tables and its own.
     pub fn max_live_handles(&self) -> usize {
         self.config.limits.max_handles.min(self.descriptor_room())
     }
@@ -140,7 +145,11 @@ impl Broker {
     fn descriptor_room(&self) -> usize {
         let room = self
             .nofile
-            .saturating_sub(RESERVED_FDS + self.connections.len() as u64);
+            .saturating_sub(
+                RESERVED_FDS
+                    + self.connections.len() as u64
+                    + 2 * self.tables.table_count() as u64,
+            );
         usize::try_from(room).unwrap_or(usize::MAX)
     }
 
@@ -310,7 +319,7 @@ impl Broker {
                     break;
                 }
             };
-            if let Err(why) = self.answer(&mut conn, &buf[..received.len], received.fds) {
+            if let Err(why) = self.answer(&mut conn, token, &buf[..received.len], received.fds) {
                 verdict = Some(why);
                 break;
             }
@@ -336,6 +345,7 @@ impl Broker {
     fn answer(
         &mut self,
         conn: &mut Connection,
+        token: u64,
         frame: &[u8],
         mut fds: Vec<OwnedFd>,
     ) -> Result<(), Drop> {
@@ -386,8 +396,16 @@ impl Broker {
             Request::Map { handle, from, to } => self.map(peer, handle, from, to),
             Request::Stop => self.stop(peer),
             Request::List { verbose } => self.list(peer, verbose),
+            Request::Attach => self.attach(peer, token),
+            Request::Lease => self.lease(peer),
+            Request::Adopted { handle } => {
+                self.adopted(peer, handle);
+                self.stats.record(name, true);
+                return Ok(());
+            }
         };
         self.stats.record(name, result.is_ok());
+        self.deliver(conn, token);
         let (reply, fd) = result.unwrap_or_else(|failure| {
             log!(
                 self.log,
@@ -399,6 +417,35 @@ impl Broker {
             (failure.into_reply(), None)
         });
         send(conn, &reply.encode(id), fd.as_ref().map(|f| f.as_fd()))
+    }
+}
+
+impl Broker {
+    /// Sends every block in the outbox to its table's owner, if the owner attached and its
+    /// connection is open. A send that fails (the owner does not read) is not an error: the block
+    /// stays `Pending` in the broker's keeping, and the owner gets it by locking the handle.
+    fn deliver(&mut self, current: &Connection, token: u64) {
+        for (pid, handle, block) in std::mem::take(&mut self.outbox) {
+            let Some(to) = self.tables.get(pid).and_then(|t| t.attached) else {
+                continue;
+            };
+            let conn = if to == token {
+                Some(current)
+            } else {
+                self.connections.get(&to)
+            };
+            let Some(conn) = conn.filter(|c| c.peer.pid == pid) else {
+                continue;
+            };
+            let frame = Reply::Adopt {
+                handle,
+                size: block.size,
+            }
+            .encode(shalloc_protocol::wire::UNASKED_ID);
+            if let Err(e) = transport::send(conn.sock.as_fd(), &frame, Some(block.fd.as_fd()), true) {
+                log!(self.log, Debug, "could not send handle {handle:#x} to process {pid}: {e}");
+            }
+        }
     }
 }
 

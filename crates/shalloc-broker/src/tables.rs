@@ -1,38 +1,113 @@
-//! The handle tables: one per process, each mapping handle values to blocks.
+//! The handle tables: one per process, each a segment of shared memory (see
+//! [`shalloc_protocol::segment`]) that the process itself maps once it attaches.
 //!
-//! A block lives as long as some table holds a handle to it (and, in other processes, as long as
-//! their views and descriptors keep the memfd alive). Handle values are unique across all tables,
-//! so `owner_of` answers which table a value belongs to.
+//! A slot is `Live` when the owner holds the block's descriptor itself (it made the block, or took
+//! one the broker sent it) and `Pending` when the broker holds it (another process put it there
+//! and the owner has not taken it yet, or never attached). Only `Pending` blocks cost the broker a
+//! descriptor; they are what the user's total and the descriptor limit count.
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use shalloc_protocol::segment::{self, Segment, State};
 
 use crate::block::Block;
 use crate::handles::HandleValues;
 use crate::process::Process;
 
+/// The first lease of handle values a process gets for its own allocations; each next one is
+/// twice as large, up to [`MAX_LEASE`], so a busy process asks rarely and an idle one wastes few.
+const FIRST_LEASE: u32 = 16;
+const MAX_LEASE: u32 = 4096;
+
 /// One process's table.
 #[derive(Debug)]
 pub(crate) struct Table {
     pub process: Process,
-    pub handles: HashMap<u32, Rc<Block>>,
+    pub segment: Segment,
+    /// The segment's memfd, sent to the owner when it attaches.
+    pub segment_fd: OwnedFd,
+    /// The blocks of `Pending` slots, by handle.
+    pub pending: HashMap<u32, Rc<Block>>,
+    /// The connection (its event token) its owner attached through, if it did.
+    pub attached: Option<u64>,
+    next_lease: u32,
+}
+
+impl Table {
+    /// The slot and state of `handle`, if the slot holds exactly that handle.
+    pub fn find(&self, handle: u32) -> Option<(usize, State)> {
+        let slot = segment::slot_of(handle, self.segment.capacity())?;
+        let state = self.segment.state(slot);
+        (state.handle() == Some(handle)).then_some((slot, state))
+    }
+
+    /// Every handle in the table, read with `pread` so that slots never touched stay unallocated:
+    /// (handle, size, frozen, the broker's copy of the block if it holds one). Sizes of blocks
+    /// the owner holds are what the owner wrote: for listings only.
+    pub fn handles(&self) -> Vec<(u32, u64, bool, Option<&Rc<Block>>)> {
+        let mut found = Vec::new();
+        let mut chunk = vec![0u8; 4096 * segment::SLOT_BYTES];
+        let total = self.segment.capacity();
+        let mut slot = 0;
+        while slot < total {
+            let count = (total - slot).min(4096);
+            let bytes = &mut chunk[..count * segment::SLOT_BYTES];
+            let offset = (segment::HEADER_BYTES + slot * segment::SLOT_BYTES) as u64;
+            if rustix::io::pread(&self.segment_fd, &mut *bytes, offset).ok() != Some(bytes.len()) {
+                break;
+            }
+            for raw in bytes.chunks_exact(segment::SLOT_BYTES) {
+                let word = |i: usize| {
+                    let mut b = [0u8; 8];
+                    b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+                    u64::from_ne_bytes(b)
+                };
+                if let Some(handle) = State::decode(word(0)).handle() {
+                    let (size, frozen) = segment::decode_info(word(1));
+                    found.push((handle, size, frozen, self.pending.get(&handle)));
+                }
+            }
+            slot += count;
+        }
+        found
+    }
 }
 
 /// Every table of the broker.
 #[derive(Debug)]
 pub(crate) struct Tables {
     by_pid: HashMap<u32, Table>,
-    owner_of: HashMap<u32, u32>,
     values: HandleValues,
+    capacity: usize,
+    pending_total: usize,
+}
+
+/// Why a block could not be put into a table.
+#[derive(Debug)]
+pub(crate) enum PutError {
+    /// Every slot holds a handle.
+    Full,
+    /// No handle value could be reserved (the mark file cannot be written).
+    NoValue,
 }
 
 impl Tables {
-    pub fn new(values: HandleValues) -> Self {
+    /// Tables of `capacity` slots each (the per-table handle limit).
+    pub fn new(values: HandleValues, capacity: usize) -> Self {
         Tables {
             by_pid: HashMap::new(),
-            owner_of: HashMap::new(),
             values,
+            capacity: capacity.clamp(1, segment::MAX_CAPACITY),
+            pending_total: 0,
         }
+    }
+
+    /// The number of slots in every table.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// The table of `pid`, if one exists and its process has not exited. A table whose process has
@@ -49,44 +124,79 @@ impl Tables {
     }
 
     /// Adds an empty table for `process`, which must have none.
-    pub fn insert(&mut self, process: Process) -> &mut Table {
+    pub fn insert(&mut self, process: Process) -> std::io::Result<&mut Table> {
         let pid = process.pid;
-        self.by_pid.entry(pid).or_insert(Table {
+        let (segment_fd, segment) = new_segment(self.capacity)?;
+        Ok(self.by_pid.entry(pid).or_insert(Table {
             process,
-            handles: HashMap::new(),
-        })
+            segment,
+            segment_fd,
+            pending: HashMap::new(),
+            attached: None,
+            next_lease: FIRST_LEASE,
+        }))
     }
 
-    /// Puts `block` into `pid`'s table (which must exist) under a new handle value.
-    pub fn put(&mut self, pid: u32, block: Rc<Block>) -> Option<u32> {
-        let owner_of = &self.owner_of;
-        let handle = self.values.take(|h| owner_of.contains_key(&h))?;
-        let table = self.by_pid.get_mut(&pid)?;
-        table.handles.insert(handle, block);
-        self.owner_of.insert(handle, pid);
-        Some(handle)
+    /// Puts `block` into `pid`'s table (which must exist) under a new handle value, as `Pending`.
+    pub fn put(&mut self, pid: u32, block: Rc<Block>) -> Result<u32, PutError> {
+        let table = self.by_pid.get_mut(&pid).ok_or(PutError::Full)?;
+        // Consecutive values take consecutive slots, so `capacity` tries visit every slot once.
+        for _ in 0..self.capacity {
+            let handle = self.values.take(|_| false).ok_or(PutError::NoValue)?;
+            let Some(slot) = segment::slot_of(handle, table.segment.capacity()) else {
+                continue;
+            };
+            table.segment.set_info(slot, block.size, block.frozen);
+            if table
+                .segment
+                .swap(slot, State::Empty, State::Pending { handle })
+                .is_ok()
+            {
+                table.pending.insert(handle, block);
+                self.pending_total += 1;
+                return Ok(handle);
+            }
+        }
+        Err(PutError::Full)
     }
 
-    /// Closes `handle` in `pid`'s table; drops the table when it becomes empty.
-    pub fn remove(&mut self, pid: u32, handle: u32) -> Option<Rc<Block>> {
+    /// Values for `pid`'s own allocations (its table must exist): `(first, count)`.
+    pub fn lease(&mut self, pid: u32) -> Option<(u32, u32)> {
         let table = self.by_pid.get_mut(&pid)?;
-        let block = table.handles.remove(&handle)?;
-        self.owner_of.remove(&handle);
-        if table.handles.is_empty() {
+        let run = self.values.take_run(table.next_lease)?;
+        table.next_lease = (table.next_lease * 2).min(MAX_LEASE);
+        Some(run)
+    }
+
+    /// Forgets the broker's copy of `handle`'s block in `pid`'s table, if it has one.
+    pub fn forget_pending(&mut self, pid: u32, handle: u32) {
+        if let Some(table) = self.by_pid.get_mut(&pid) {
+            if table.pending.remove(&handle).is_some() {
+                self.pending_total -= 1;
+            }
+        }
+    }
+
+    /// Drops `pid`'s table if nothing can be in it: its owner never attached and the broker holds
+    /// no block for it.
+    pub fn drop_if_unused(&mut self, pid: u32) {
+        if self
+            .by_pid
+            .get(&pid)
+            .is_some_and(|t| t.attached.is_none() && t.pending.is_empty())
+        {
             self.by_pid.remove(&pid);
         }
-        Some(block)
     }
 
-    /// Drops `pid`'s table and closes all its handles (its process exited).
+    /// Drops `pid`'s table and closes all its handles (its process exited): the number of blocks
+    /// the broker held for it.
     pub fn drop_table(&mut self, pid: u32) -> usize {
         let Some(table) = self.by_pid.remove(&pid) else {
             return 0;
         };
-        for handle in table.handles.keys() {
-            self.owner_of.remove(handle);
-        }
-        table.handles.len()
+        self.pending_total -= table.pending.len();
+        table.pending.len()
     }
 
     /// Whether `pid` has a table whose process has exited.
@@ -96,9 +206,9 @@ impl Tables {
             .is_some_and(|t| t.process.has_exited())
     }
 
-    /// The number of live handles over all tables.
-    pub fn handle_count(&self) -> usize {
-        self.owner_of.len()
+    /// The number of blocks the broker itself holds (one descriptor each).
+    pub fn pending_count(&self) -> usize {
+        self.pending_total
     }
 
     /// Every table, in no particular order.
@@ -106,8 +216,27 @@ impl Tables {
         self.by_pid.values()
     }
 
+    /// The table of `pid`, without the liveness check (for the event loop).
+    pub fn get(&self, pid: u32) -> Option<&Table> {
+        self.by_pid.get(&pid)
+    }
+
     /// The number of tables.
     pub fn table_count(&self) -> usize {
         self.by_pid.len()
     }
+}
+
+/// A fresh segment of `capacity` slots: a memfd sealed against shrinking, growing and re-sealing
+/// before anyone else can see it, and the broker's mapping of it.
+fn new_segment(capacity: usize) -> std::io::Result<(OwnedFd, Segment)> {
+    let fd = rustix::fs::memfd_create(
+        "shalloc-table",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&fd, segment::segment_bytes(capacity) as u64)?;
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+    let segment = Segment::map(&fd, capacity, false)?;
+    segment.write_header();
+    Ok((fd, segment))
 }

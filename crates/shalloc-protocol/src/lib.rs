@@ -8,6 +8,8 @@
 //! - [`transport`]: sending and receiving one frame with at most one file descriptor over a
 //!   `SOCK_SEQPACKET` Unix socket (`SCM_RIGHTS`, `MSG_CMSG_CLOEXEC` on every receive, `MSG_NOSIGNAL`
 //!   on every send).
+//! - [`segment`]: a process's handle table in shared memory, which the process and the broker
+//!   change by compare-and-swap, so a process's calls on its own table need no round trip.
 //! - [`codes`]: the Win32 error codes both sides speak in.
 //! - [`listing`]: the broker's description of itself and its tables, for `shalloc ls`.
 //!
@@ -16,5 +18,6 @@
 pub mod codes;
 pub mod listing;
 pub mod rendezvous;
+pub mod segment;
 pub mod transport;
 pub mod wire;

@@ -9,15 +9,16 @@
 //! ```
 //!
 //! Kinds `0x0001..0x3fff` are requests (client to broker), `0x8000..` replies, each echoing the id
-//! of the request it answers. Kinds `0x4000..0x7fff` are reserved for messages the broker sends
-//! unasked; they carry request id 0, which no request may use.
+//! of the request it answers. Kinds `0x4000..0x7fff` are messages the broker sends unasked
+//! ([`Reply::Adopt`]); they carry request id 0. A request with id 0 is a *notice*
+//! ([`Request::Adopted`]): it gets no reply, and only notices may use id 0.
 //!
 //! Decoding never panics and never trusts a length: a frame is either exactly right for its kind or
 //! a [`DecodeError`].
 
 /// The protocol version spoken by this crate. The first frame on every connection is a
 /// [`Request::Hello`] carrying it; a broker that speaks another version refuses the connection.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// The largest frame either side ever sends. A receiver reads into a buffer one byte larger and
 /// treats anything that fills it as oversized.
@@ -81,6 +82,19 @@ pub enum Request {
         /// Include every handle, not only per-table totals.
         verbose: bool,
     },
+    /// Ask for the caller's own table in shared memory (see [`crate::segment`]), answered with
+    /// [`Reply::Table`]; the broker then sends [`Reply::Adopt`] for every block it holds for the
+    /// caller, now and whenever another process puts one into the caller's table.
+    Attach,
+    /// Ask for handle values the caller may give to blocks it puts into its own table itself,
+    /// answered with [`Reply::Lease`].
+    Lease,
+    /// A notice (request id 0, no reply): the caller took the descriptor of `handle`, which the
+    /// broker sent with [`Reply::Adopt`], into its own keeping, so the broker may close its copy.
+    Adopted {
+        /// The handle, in the caller's own table.
+        handle: u32,
+    },
 }
 
 /// The broker's answer to one [`Request`].
@@ -111,6 +125,26 @@ pub enum Reply {
     /// (see [`crate::listing`]), so a listing of any length is one frame.
     Listing {
         /// The listing's length in bytes.
+        size: u64,
+    },
+    /// The answer to [`Request::Attach`]: the table's segment travels with this frame.
+    Table {
+        /// The segment's number of slots: the table's handle limit.
+        capacity: u32,
+    },
+    /// The answer to [`Request::Lease`]: `count` handle values from `start`, stepping by 4.
+    Lease {
+        /// The first value.
+        start: u32,
+        /// How many values.
+        count: u32,
+    },
+    /// Sent unasked (request id 0) to a table's owner: the block of `handle`, which another process
+    /// put into the owner's table, travels with this frame for the owner to keep.
+    Adopt {
+        /// The handle, in the receiver's own table.
+        handle: u32,
+        /// The block's size in bytes.
         size: u64,
     },
     /// The request failed.
@@ -208,12 +242,19 @@ mod kind {
     pub const MAP: u16 = 0x0005;
     pub const STOP: u16 = 0x0006;
     pub const LIST: u16 = 0x0007;
+    pub const ATTACH: u16 = 0x0008;
+    pub const LEASE: u16 = 0x0009;
+    pub const ADOPTED: u16 = 0x000a;
+
+    pub const U_ADOPT: u16 = 0x4001;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_HANDLE: u16 = 0x8002;
     pub const R_BLOCK: u16 = 0x8003;
     pub const R_DONE: u16 = 0x8004;
     pub const R_LISTING: u16 = 0x8005;
+    pub const R_TABLE: u16 = 0x8006;
+    pub const R_LEASE: u16 = 0x8007;
     pub const R_FAILED: u16 = 0x80ff;
 }
 
@@ -273,7 +314,15 @@ impl Request {
             Request::Map { .. } => "map",
             Request::Stop => "stop",
             Request::List { .. } => "list",
+            Request::Attach => "attach",
+            Request::Lease => "lease",
+            Request::Adopted { .. } => "adopted",
         }
+    }
+
+    /// Whether this is a notice: sent with request id 0 and never answered.
+    pub fn is_notice(&self) -> bool {
+        matches!(self, Request::Adopted { .. })
     }
 
     /// How many file descriptors must travel with this request.
@@ -284,7 +333,7 @@ impl Request {
         }
     }
 
-    /// Encodes the request with request id `id` (which must not be [`UNASKED_ID`]).
+    /// Encodes the request with request id `id` (which must be [`UNASKED_ID`] exactly for notices).
     pub fn encode(&self, id: u32) -> Frame {
         match *self {
             Request::Hello { version } => Frame::new(kind::HELLO, id).u32(version),
@@ -305,16 +354,19 @@ impl Request {
             }
             Request::Stop => Frame::new(kind::STOP, id),
             Request::List { verbose } => Frame::new(kind::LIST, id).u32(u32::from(verbose)),
+            Request::Attach => Frame::new(kind::ATTACH, id),
+            Request::Lease => Frame::new(kind::LEASE, id),
+            Request::Adopted { handle } => Frame::new(kind::ADOPTED, id).u32(handle),
         }
     }
 
     /// Decodes one frame into its request id and request.
     pub fn decode(bytes: &[u8]) -> Result<(u32, Request), DecodeError> {
         let (k, id, body) = header(bytes)?;
-        if id == UNASKED_ID {
+        if (id == UNASKED_ID) != (k == kind::ADOPTED) {
             return Err(DecodeError::BadField {
                 kind: k,
-                what: "request id 0 is reserved",
+                what: "request id 0 is for notices, and notices use only id 0",
             });
         }
         let request = match k {
@@ -388,6 +440,18 @@ impl Request {
                 };
                 Request::List { verbose }
             }
+            kind::ATTACH => {
+                body_of(k, body, 0)?;
+                Request::Attach
+            }
+            kind::LEASE => {
+                body_of(k, body, 0)?;
+                Request::Lease
+            }
+            kind::ADOPTED => {
+                let mut f = body_of(k, body, 4)?;
+                Request::Adopted { handle: f.u32() }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         Ok((id, request))
@@ -398,7 +462,10 @@ impl Reply {
     /// How many file descriptors must travel with this reply.
     pub fn fds(&self) -> usize {
         match self {
-            Reply::Block { .. } | Reply::Listing { .. } => 1,
+            Reply::Block { .. }
+            | Reply::Listing { .. }
+            | Reply::Table { .. }
+            | Reply::Adopt { .. } => 1,
             _ => 0,
         }
     }
@@ -431,6 +498,12 @@ impl Reply {
             Reply::Block { size } => Frame::new(kind::R_BLOCK, id).u64(*size),
             Reply::Done => Frame::new(kind::R_DONE, id),
             Reply::Listing { size } => Frame::new(kind::R_LISTING, id).u64(*size),
+            Reply::Table { capacity } => Frame::new(kind::R_TABLE, id).u32(*capacity),
+            Reply::Lease { start, count } => Frame::new(kind::R_LEASE, id).u32(*start).u32(*count),
+            Reply::Adopt { handle, size } => Frame::new(kind::U_ADOPT, id)
+                .u32(*handle)
+                .u32(0)
+                .u64(*size),
             Reply::Failed { code, reason } => {
                 // `failed` bounds the reason; a Failed built by hand is cut here the same way.
                 let Reply::Failed { reason, .. } = Reply::failed(*code, reason.as_str()) else {
@@ -471,6 +544,31 @@ impl Reply {
             kind::R_LISTING => {
                 let mut f = body_of(k, body, 8)?;
                 Reply::Listing { size: f.u64() }
+            }
+            kind::R_TABLE => {
+                let mut f = body_of(k, body, 4)?;
+                Reply::Table { capacity: f.u32() }
+            }
+            kind::R_LEASE => {
+                let mut f = body_of(k, body, 8)?;
+                Reply::Lease {
+                    start: f.u32(),
+                    count: f.u32(),
+                }
+            }
+            kind::U_ADOPT => {
+                let mut f = body_of(k, body, 16)?;
+                let handle = f.u32();
+                if f.u32() != 0 || id != UNASKED_ID {
+                    return Err(DecodeError::BadField {
+                        kind: k,
+                        what: "padding and request id must be 0",
+                    });
+                }
+                Reply::Adopt {
+                    handle,
+                    size: f.u64(),
+                }
             }
             kind::R_FAILED => {
                 if body.len() < 8 {
@@ -528,15 +626,38 @@ mod tests {
                 from: 13,
                 to: 14,
             },
+            Request::Attach,
+            Request::Lease,
+            Request::Adopted { handle: 0x104 },
         ]
+    }
+
+    fn id_for(r: &Request, id: u32) -> u32 {
+        if r.is_notice() { UNASKED_ID } else { id }
     }
 
     #[test]
     fn requests_round_trip() {
         for (i, r) in requests().into_iter().enumerate() {
-            let id = i as u32 + 1;
+            let id = id_for(&r, i as u32 + 1);
             assert_eq!(Request::decode(r.encode(id).as_bytes()), Ok((id, r)));
         }
+    }
+
+    #[test]
+    fn notices_and_only_notices_use_id_0() {
+        let notice = Request::Adopted { handle: 0x104 };
+        assert!(Request::decode(notice.encode(3).as_bytes()).is_err());
+        assert!(Request::decode(Request::Attach.encode(UNASKED_ID).as_bytes()).is_err());
+        let adopt = Reply::Adopt {
+            handle: 0x104,
+            size: 9,
+        };
+        assert_eq!(
+            Reply::decode(adopt.encode(UNASKED_ID).as_bytes()),
+            Ok((UNASKED_ID, adopt.clone()))
+        );
+        assert!(Reply::decode(adopt.encode(4).as_bytes()).is_err());
     }
 
     #[test]
@@ -551,6 +672,11 @@ mod tests {
             Reply::Block { size: 0 },
             Reply::Done,
             Reply::Listing { size: 12345 },
+            Reply::Table { capacity: 65536 },
+            Reply::Lease {
+                start: 0x100,
+                count: 64,
+            },
             Reply::failed(6, "no handle 0x40 in process 12"),
             Reply::failed(5, ""),
         ];
@@ -578,7 +704,7 @@ mod tests {
     #[test]
     fn every_truncation_and_extension_is_rejected() {
         for r in requests() {
-            let frame = r.encode(5);
+            let frame = r.encode(id_for(&r, 5));
             let bytes = frame.as_bytes();
             for cut in 0..bytes.len() {
                 assert!(

@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use shalloc_protocol::wire::{Reply, Request};
 
 use crate::block::{Contents, SealedBlock};
-use crate::client;
+use crate::client::{self, Failed, table::Lookup};
 use crate::error::{Error, Result};
 use crate::ids::{Handle, Pid};
 use crate::view::View;
@@ -26,6 +26,16 @@ fn check_pid(pid: Pid) -> Result<()> {
 fn unexpected(reply: Reply) -> Error {
     Error::Protocol {
         reason: format!("unexpected reply {reply:?}"),
+    }
+}
+
+/// `handle` is not open in `owner`'s table: the same words the broker uses.
+fn not_open(handle: Handle, owner: Pid) -> Error {
+    Error::InvalidHandle {
+        reason: format!(
+            "handle {:#x} is not open in the table of process {owner}",
+            handle.as_raw()
+        ),
     }
 }
 
@@ -61,6 +71,14 @@ pub(crate) fn alloc_contents_if(
     let block = SealedBlock::new(contents, frozen)?;
     if !keep() {
         return Ok(None);
+    }
+    if to == Pid::current() {
+        // Our own table: no round trip (but for a new lease of handle values, now and then).
+        let mut fd = Some(block.fd);
+        return client::with_table(|conn, table, deadline| {
+            table.insert(conn, &mut fd, block.size, frozen, deadline)
+        })
+        .map(Some);
     }
     let request = Request::Alloc {
         target: to.as_raw(),
@@ -126,6 +144,43 @@ pub(crate) struct Mapped {
     pub frozen: bool,
 }
 
+/// Maps `fd`, the block of `handle`, as a view: read-only unless `write` (refused for a frozen
+/// block).
+fn map_block(
+    handle: Handle,
+    fd: std::os::fd::BorrowedFd<'_>,
+    size: u64,
+    frozen: bool,
+    write: bool,
+    who: Owner,
+) -> Result<Mapped> {
+    if write && frozen {
+        return Err(Error::AccessDenied {
+            reason: format!("handle {handle} names a frozen block"),
+        });
+    }
+    let ptr = views::map(fd, size, write, frozen, who)?;
+    Ok(Mapped { ptr, size, frozen })
+}
+
+/// Maps the block in a `Block` reply; whether it is frozen comes from the descriptor's own seals.
+fn map_reply(
+    handle: Handle,
+    answer: (Reply, Option<std::os::fd::OwnedFd>),
+    write: bool,
+    who: Owner,
+) -> Result<Mapped> {
+    match answer {
+        (Reply::Block { size }, Some(fd)) => {
+            let seals =
+                rustix::fs::fcntl_get_seals(&fd).map_err(|e| Error::os("F_GET_SEALS", e))?;
+            let frozen = seals.contains(rustix::fs::SealFlags::WRITE);
+            map_block(handle, fd.as_fd(), size, frozen, write, who)
+        }
+        (other, _) => Err(unexpected(other)),
+    }
+}
+
 /// Maps the block of `handle` (in `owner`'s table) into this process.
 pub(crate) fn lock_raw(handle: Handle, owner: Pid, write: bool, who: Owner) -> Result<Mapped> {
     check_pid(owner)?;
@@ -134,21 +189,19 @@ pub(crate) fn lock_raw(handle: Handle, owner: Pid, write: bool, who: Owner) -> R
         owner: owner.as_raw(),
         write,
     };
-    match client::call(&request, None)? {
-        (Reply::Block { size }, Some(fd)) => {
-            let seals =
-                rustix::fs::fcntl_get_seals(&fd).map_err(|e| Error::os("F_GET_SEALS", e))?;
-            let frozen = seals.contains(rustix::fs::SealFlags::WRITE);
-            if write && frozen {
-                return Err(Error::AccessDenied {
-                    reason: format!("handle {handle} names a frozen block"),
-                });
+    if owner == Pid::current() {
+        return client::with_table(|conn, table, deadline| match table.lookup(handle.as_raw()) {
+            Lookup::Held(fd, size, frozen) => {
+                Ok(map_block(handle, fd, size, frozen, write, who)?)
             }
-            let ptr = views::map(fd.as_fd(), size, write, frozen, who)?;
-            Ok(Mapped { ptr, size, frozen })
-        }
-        (other, _) => Err(unexpected(other)),
+            Lookup::AtBroker => {
+                let answer = client::call_on(conn, &request, None, deadline)?;
+                Ok(map_reply(handle, answer, write, who)?)
+            }
+            Lookup::Closed => Err(not_open(handle, owner).into()),
+        });
     }
+    map_reply(handle, client::call(&request, None)?, write, who)
 }
 
 fn lock_view(handle: Handle, owner: Pid, write: bool) -> Result<View> {
@@ -179,15 +232,22 @@ pub fn lock_read_only(handle: Handle, owner: Pid) -> Result<View> {
 /// it. Views stay valid until they are dropped; the block goes when its last handle and view do.
 pub fn free(handle: Handle, owner: Pid) -> Result<()> {
     check_pid(owner)?;
-    match client::call(
-        &Request::Free {
-            handle: handle.as_raw(),
-            owner: owner.as_raw(),
-        },
-        None,
-    )? {
-        (Reply::Done, _) => Ok(()),
-        (other, _) => Err(unexpected(other)),
+    let request = Request::Free {
+        handle: handle.as_raw(),
+        owner: owner.as_raw(),
+    };
+    let answer = if owner == Pid::current() {
+        client::with_table(|conn, table, deadline| match table.free(handle.as_raw()) {
+            Some(true) => Ok(None),
+            Some(false) => Err(not_open(handle, owner).into()),
+            None => Ok(Some(client::call_on(conn, &request, None, deadline)?)),
+        })?
+    } else {
+        Some(client::call(&request, None)?)
+    };
+    match answer {
+        None | Some((Reply::Done, _)) => Ok(()),
+        Some((other, _)) => Err(unexpected(other)),
     }
 }
 
@@ -196,15 +256,39 @@ pub fn free(handle: Handle, owner: Pid) -> Result<()> {
 pub fn map_handle(handle: Handle, from: Pid, to: Pid) -> Result<Handle> {
     check_pid(from)?;
     check_pid(to)?;
-    let (reply, _) = client::call(
-        &Request::Map {
-            handle: handle.as_raw(),
-            from: from.as_raw(),
-            to: to.as_raw(),
-        },
-        None,
-    )?;
-    handle_from(reply)
+    let request = Request::Map {
+        handle: handle.as_raw(),
+        from: from.as_raw(),
+        to: to.as_raw(),
+    };
+    if from != Pid::current() {
+        let (reply, _) = client::call(&request, None)?;
+        return handle_from(reply);
+    }
+    // From our own table: we hold the block, so it goes straight into the other table (into ours,
+    // without a round trip).
+    client::with_table(|conn, table, deadline| {
+        let (fd, size, frozen) = match table.lookup(handle.as_raw()) {
+            Lookup::Held(fd, size, frozen) => (fd, size, frozen),
+            Lookup::AtBroker => {
+                let (reply, _) = client::call_on(conn, &request, None, deadline)?;
+                return Ok(handle_from(reply)?);
+            }
+            Lookup::Closed => return Err(not_open(handle, from).into()),
+        };
+        if to == from {
+            let mut dup = Some(fd.try_clone_to_owned().map_err(|e| {
+                Failed::Refused(Error::os("dup", rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))
+            })?);
+            return table.insert(conn, &mut dup, size, frozen, deadline);
+        }
+        let alloc = Request::Alloc {
+            target: to.as_raw(),
+            size,
+        };
+        let (reply, _) = client::call_on(conn, &alloc, Some(fd), deadline)?;
+        Ok(handle_from(reply)?)
+    })
 }
 
 /// The pid of the broker serving this process, starting one if none runs.

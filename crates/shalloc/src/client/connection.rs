@@ -1,8 +1,9 @@
 //! One connection to the broker: connect, greet, and ask one question at a time.
 //!
 //! Every wait is bounded by a deadline: sends by `SO_SNDTIMEO`, replies by `poll`. A reply that
-//! answers an older request (one that timed out) is skipped by its request id, and a frame the
-//! broker sent unasked is skipped too until this client learns to use one.
+//! answers an older request (one that timed out) is skipped by its request id. Blocks the broker
+//! sends unasked ([`Reply::Adopt`]: another process put them into our table) are kept in
+//! [`Connection::adopts`] until the own table takes them.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
@@ -47,6 +48,10 @@ pub(crate) struct Connection {
     pub broker_pid: u32,
     /// The largest block the broker accepts.
     pub max_block: u64,
+    /// Whether this connection asked for our table (the broker sends our blocks on it).
+    pub attached: bool,
+    /// Blocks the broker sent unasked, not yet taken into the own table: (handle, size, fd).
+    pub adopts: Vec<(u32, u64, OwnedFd)>,
 }
 
 impl Connection {
@@ -66,6 +71,8 @@ impl Connection {
             next_id: 1,
             broker_pid: 0,
             max_block: 0,
+            attached: false,
+            adopts: Vec::new(),
         };
         match conn.call(&Request::Hello { version: VERSION }, None, deadline) {
             Ok((
@@ -111,30 +118,70 @@ impl Connection {
             Err(Errno::AGAIN) => return Err(CallError::Timeout),
             Err(e) => return Err(CallError::Broken(format!("send: {e}"))),
         }
-        let mut buf = [0u8; MAX_FRAME + 1];
         loop {
             self.wait_readable(deadline)?;
-            let mut received = match transport::recv(self.sock.as_fd(), &mut buf, true) {
-                Ok(r) => r,
-                Err(RecvError::WouldBlock) => continue,
-                Err(RecvError::Closed) => {
-                    return Err(CallError::Broken("the broker closed the connection".into()));
-                }
-                Err(e) => return Err(CallError::Protocol(e.to_string())),
-            };
-            let (reply_id, reply) = Reply::decode(&buf[..received.len])
-                .map_err(|e| CallError::Protocol(e.to_string()))?;
-            if reply_id == UNASKED_ID || reply_id != id {
-                continue; // unasked, or the late answer to a request that timed out
+            match self.receive_one(id) {
+                Ok(Some(answer)) => return Ok(answer),
+                // Something else, or nothing after all: wait again (the deadline bounds it).
+                Ok(None) | Err(CallError::Timeout) => continue,
+                Err(e) => return Err(e),
             }
-            if received.fds.len() != reply.fds() {
-                return Err(CallError::Protocol(format!(
-                    "{} descriptors with {reply:?}",
-                    received.fds.len()
-                )));
-            }
-            return Ok((reply, received.fds.pop()));
         }
+    }
+
+    /// Sends a notice: a request that gets no reply.
+    pub fn notify(&mut self, request: &Request) -> Result<(), CallError> {
+        match transport::send(self.sock.as_fd(), &request.encode(UNASKED_ID), None, false) {
+            Ok(()) => Ok(()),
+            Err(Errno::AGAIN) => Err(CallError::Timeout),
+            Err(e) => Err(CallError::Broken(format!("send: {e}"))),
+        }
+    }
+
+    /// Reads every frame already waiting, without blocking: collects the blocks the broker sent
+    /// and finds out whether the broker is still there (`Broken` when it closed the connection).
+    pub fn drain(&mut self) -> Result<(), CallError> {
+        loop {
+            match self.receive_one(UNASKED_ID) {
+                Ok(Some(_)) => {}
+                Ok(None) => {}
+                Err(CallError::Timeout) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Receives one frame if one is waiting (`Timeout` when none is, without waiting): the answer to request `id`
+    /// comes back, a block sent unasked goes into `adopts`, anything else (a late answer) is
+    /// skipped.
+    fn receive_one(&mut self, id: u32) -> Result<Option<(Reply, Option<OwnedFd>)>, CallError> {
+        let mut buf = [0u8; MAX_FRAME + 1];
+        let mut received = match transport::recv(self.sock.as_fd(), &mut buf, true) {
+            Ok(r) => r,
+            Err(RecvError::WouldBlock) => return Err(CallError::Timeout),
+            Err(RecvError::Closed) => {
+                return Err(CallError::Broken("the broker closed the connection".into()));
+            }
+            Err(e) => return Err(CallError::Protocol(e.to_string())),
+        };
+        let (reply_id, reply) =
+            Reply::decode(&buf[..received.len]).map_err(|e| CallError::Protocol(e.to_string()))?;
+        if received.fds.len() != reply.fds() {
+            return Err(CallError::Protocol(format!(
+                "{} descriptors with {reply:?}",
+                received.fds.len()
+            )));
+        }
+        if reply_id == UNASKED_ID {
+            if let (Reply::Adopt { handle, size }, Some(fd)) = (&reply, received.fds.pop()) {
+                self.adopts.push((*handle, *size, fd));
+            }
+            return Ok(None);
+        }
+        if reply_id != id {
+            return Ok(None); // the late answer to a request that timed out
+        }
+        Ok(Some((reply, received.fds.pop())))
     }
 
     fn wait_readable(&self, deadline: Instant) -> Result<(), CallError> {

@@ -9,13 +9,10 @@
 use std::cell::RefCell;
 use std::sync::{MutexGuard, Once};
 
-use crate::client::{connection::Connection, lock_connection};
+use crate::client::{Client, lock_client};
 use crate::views::{Registry, lock_registry};
 
-type Held = (
-    MutexGuard<'static, Option<Connection>>,
-    MutexGuard<'static, Registry>,
-);
+type Held = (MutexGuard<'static, Client>, MutexGuard<'static, Registry>);
 
 thread_local! {
     static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
@@ -23,12 +20,23 @@ thread_local! {
 
 extern "C" fn prepare() {
     // Always the same order: connection, then registry (nothing takes them the other way round).
-    let held = (lock_connection(), lock_registry());
+    let held = (lock_client(), lock_registry());
     HELD.with(|h| *h.borrow_mut() = Some(held));
 }
 
 extern "C" fn release() {
     HELD.with(|h| drop(h.borrow_mut().take()));
+}
+
+/// In the child: also drop the parent's connection and table at once, so the child does not keep
+/// the parent's blocks alive through the descriptors it inherited.
+extern "C" fn release_in_child() {
+    HELD.with(|h| {
+        if let Some((mut client, registry)) = h.borrow_mut().take() {
+            client.forget_inherited();
+            drop((client, registry));
+        }
+    });
 }
 
 /// Registers the handlers, once per process.
@@ -38,7 +46,7 @@ pub(crate) fn register() {
         // SAFETY: the handlers are `extern "C"` functions with no arguments that never unwind
         // (taking a mutex and storing or dropping its guard cannot panic: poisoning is ignored).
         unsafe {
-            libc::pthread_atfork(Some(prepare), Some(release), Some(release));
+            libc::pthread_atfork(Some(prepare), Some(release), Some(release_in_child));
         }
     });
 }

@@ -7,10 +7,14 @@
 //!   copying a lock held by another thread (see [`fork`]).
 //! - Self-healing: a connection that broke (the broker died) is replaced on the next call, starting
 //!   a new broker on demand, and a request that could not be delivered is retried once.
+//! - Own table in shared memory: calls on this process's own table need no round trip (see
+//!   [`table`]). Every such call first reads what the broker sent without waiting, which also tells
+//!   whether the broker is still there: a table does not outlive its broker.
 
 mod connection;
 pub(crate) mod fork;
 pub mod spawn;
+pub(crate) mod table;
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -21,6 +25,7 @@ use shalloc_protocol::wire::{Reply, Request};
 
 use crate::error::{Error, Result};
 use connection::{CallError, ConnectError, Connection};
+use table::OwnTable;
 
 /// The environment variable that sets the timeout of every call, in milliseconds.
 pub const TIMEOUT_ENV: &str = "SHALLOC_TIMEOUT_MS";
@@ -29,11 +34,48 @@ pub const TIMEOUT_ENV: &str = "SHALLOC_TIMEOUT_MS";
 /// microseconds and starts in milliseconds; the margin is for a loaded machine).
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(2000);
 
-/// This process's connection, if it has one.
-pub(crate) static CONNECTION: Mutex<Option<Connection>> = Mutex::new(None);
+/// This process's connection and own table, if it has them.
+#[derive(Debug)]
+pub(crate) struct Client {
+    /// The process the connection and table belong to (0 before the first use).
+    pid: u32,
+    pub conn: Option<Connection>,
+    pub table: Option<OwnTable>,
+}
 
-pub(crate) fn lock_connection() -> MutexGuard<'static, Option<Connection>> {
-    CONNECTION.lock().unwrap_or_else(PoisonError::into_inner)
+impl Client {
+    /// Drops what a forked child inherited from its parent: the connection (whose peer
+    /// credentials name the parent) and the parent's table. Called in the child right after
+    /// `fork`, and again before every use.
+    pub fn forget_inherited(&mut self) {
+        let me = std::process::id();
+        if self.pid != me {
+            self.pid = me;
+            self.conn = None;
+            if let Some(table) = self.table.take() {
+                table.abandon_in_child();
+            }
+        }
+    }
+
+    /// Takes the blocks the broker sent into the own table (when this connection attached one).
+    fn settle(&mut self) {
+        if let (Some(conn), Some(table)) = (self.conn.as_mut(), self.table.as_mut()) {
+            if conn.attached {
+                table.adopt(conn);
+            }
+        }
+    }
+}
+
+static CLIENT: Mutex<Client> = Mutex::new(Client {
+    pid: 0,
+    conn: None,
+    table: None,
+});
+
+pub(crate) fn lock_client() -> MutexGuard<'static, Client> {
+    CLIENT.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn timeout() -> Duration {
@@ -71,22 +113,22 @@ pub(crate) fn call(
 /// As [`call`], but never starts a broker: `Ok(None)` when none is running.
 pub(crate) fn call_existing(request: &Request) -> Result<Option<(Reply, Option<OwnedFd>)>> {
     let deadline = Instant::now() + timeout();
-    let me = std::process::id();
-    let mut guard = lock_connection();
-    if guard.as_ref().is_none_or(|c| c.owner_pid != me) {
-        *guard = None;
+    let mut guard = lock_client();
+    guard.forget_inherited();
+    if guard.conn.is_none() {
         match connect_running(&our_rendezvous()?, deadline)? {
-            Some(conn) => *guard = Some(conn),
+            Some(conn) => guard.conn = Some(conn),
             None => return Ok(None),
         }
     }
-    let Some(conn) = guard.as_mut() else {
+    let Some(conn) = guard.conn.as_mut() else {
         return Ok(None);
     };
     let result = conn.call(request, None, deadline);
     if result.is_err() {
-        *guard = None;
+        guard.conn = None;
     }
+    guard.settle();
     match result {
         Ok((Reply::Failed { code, reason }, _)) => Err(Error::from_broker(code, reason)),
         Ok(answer) => Ok(Some(answer)),
@@ -113,45 +155,122 @@ fn with_connection<T>(
     deadline: Instant,
     mut f: impl FnMut(&mut Connection) -> Result<T, CallError>,
 ) -> Result<T> {
+    with_client(deadline, false, |conn, _| f(conn).map_err(Failed::Call))
+}
+
+/// Why a function run by [`with_client`] failed.
+pub(crate) enum Failed {
+    /// The connection failed: it is replaced (and a broken one retried once).
+    Call(CallError),
+    /// The call itself failed; the connection is fine.
+    Refused(Error),
+}
+
+impl From<Error> for Failed {
+    fn from(e: Error) -> Self {
+        Failed::Refused(e)
+    }
+}
+
+/// Runs `f` on this process's connection and, with `own`, its own table: connects when there is
+/// no connection (or only one inherited from a parent), attaches the table when this connection
+/// has not, reads what the broker sent, and retries once on a fresh connection when the old one
+/// turns out broken.
+fn with_client<T>(
+    deadline: Instant,
+    own: bool,
+    mut f: impl FnMut(&mut Connection, Option<&mut OwnTable>) -> Result<T, Failed>,
+) -> Result<T> {
     fork::register();
     let me = std::process::id();
     for attempt in 0..2 {
-        let mut guard = lock_connection();
-        if guard.as_ref().is_some_and(|c| c.owner_pid != me) {
-            // Inherited across fork: close our copy, never send on it.
-            *guard = None;
-        }
-        if guard.is_none() {
+        let mut guard = lock_client();
+        guard.forget_inherited();
+        if guard.conn.is_none() {
             // Connecting may fork a broker; do it without holding the lock (the atfork handler
             // takes it).
             drop(guard);
             let conn = establish(deadline)?;
-            guard = lock_connection();
-            if guard.as_ref().is_none_or(|c| c.owner_pid != me) {
-                *guard = Some(conn);
+            guard = lock_client();
+            guard.forget_inherited();
+            if guard.conn.as_ref().is_none_or(|c| c.owner_pid != me) {
+                guard.conn = Some(conn);
             }
         }
-        let Some(conn) = guard.as_mut() else { continue };
-        match f(conn) {
+        let client = &mut *guard;
+        let Some(conn) = client.conn.as_mut() else {
+            continue;
+        };
+        let mut result = Ok(());
+        if own {
+            // Reading first tells whether the broker still lives: a table never outlives it.
+            result = conn.drain();
+            if result.is_ok() && !conn.attached {
+                match OwnTable::attach(conn, client.table.take(), deadline) {
+                    Ok(table) => client.table = Some(table),
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        let outcome = match result {
+            Ok(()) => {
+                if let (true, Some(table)) = (conn.attached, client.table.as_mut()) {
+                    table.adopt(conn);
+                }
+                let table = if own { client.table.as_mut() } else { None };
+                f(conn, table)
+            }
+            Err(e) => Err(Failed::Call(e)),
+        };
+        client.settle();
+        match outcome {
             Ok(value) => return Ok(value),
-            Err(CallError::Broken(why)) => {
-                *guard = None;
+            Err(Failed::Refused(e)) => return Err(e),
+            Err(Failed::Call(CallError::Broken(why))) => {
+                client.conn = None;
                 if attempt == 1 {
                     return Err(Error::unavailable(format!("lost the broker: {why}")));
                 }
             }
-            Err(CallError::Timeout) => {
+            Err(Failed::Call(CallError::Timeout)) => {
                 // A late reply would be skipped by its id, but a broker that stalls is best left.
-                *guard = None;
+                client.conn = None;
                 return Err(Error::unavailable("the broker did not answer in time"));
             }
-            Err(CallError::Protocol(why)) => {
-                *guard = None;
+            Err(Failed::Call(CallError::Protocol(why))) => {
+                client.conn = None;
                 return Err(Error::Protocol { reason: why });
             }
         }
     }
     Err(Error::unavailable("could not reach the broker"))
+}
+
+/// Runs `f` on the own table (and the connection, for the rare call it needs: a new lease of
+/// handle values, or a block the broker still holds), connecting and attaching first as needed.
+pub(crate) fn with_table<T>(
+    f: impl FnMut(&mut Connection, &mut OwnTable, Instant) -> Result<T, Failed>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout();
+    let mut f = f;
+    with_client(deadline, true, |conn, table| match table {
+        Some(table) => f(conn, table, deadline),
+        None => Err(Failed::Call(CallError::Protocol("no own table".into()))),
+    })
+}
+
+/// Sends one request on a connection already held (inside [`with_table`]); a failure reply
+/// becomes its error.
+pub(crate) fn call_on(
+    conn: &mut Connection,
+    request: &Request,
+    fd: Option<BorrowedFd<'_>>,
+    deadline: Instant,
+) -> Result<(Reply, Option<OwnedFd>), Failed> {
+    match conn.call(request, fd, deadline).map_err(Failed::Call)? {
+        (Reply::Failed { code, reason }, _) => Err(Failed::Refused(Error::from_broker(code, reason))),
+        answer => Ok(answer),
+    }
 }
 
 /// This process's rendezvous, its directory created or checked.

@@ -1,0 +1,312 @@
+//! A process's handle table in shared memory: the layout the broker and the table's owner both
+//! map, and the one-word states they change only by compare-and-swap.
+//!
+//! The broker makes one segment per table (a sealed memfd: no side can resize it, so no side can be
+//! made to `SIGBUS`) and gives it to the table's process when it attaches. From then on the owner's
+//! own calls on its own table — alloc into it, lock, unlock, free — touch only the segment and
+//! descriptors the owner already holds, with no round trip; a call from another process goes to the
+//! broker, which changes the same words the same way. Of two racing frees of one handle, exactly one
+//! swaps the word away from `Live`, so exactly one succeeds.
+//!
+//! ```text
+//! offset 0:   header  capacity u64 | remote frees u64 | 48 bytes reserved (0)
+//! offset 64:  slot i (16 bytes each): state u64 | info u64
+//! state:      handle u32 (high half) | descriptor u30 | status u2     (0 = empty)
+//! info:       block size (63 bits) | frozen (top bit): for listings only
+//! ```
+//!
+//! A handle value decides its slot ([`slot_of`]), so finding a handle is one load. The descriptor
+//! in a `Live` state is the owner's descriptor number for the block: the broker reopens the block
+//! from it (through `/proc/<pid>/fd`) when another process locks it, and checks what it got. The
+//! broker never trusts the segment beyond its owner's own table: a segment its owner scribbled over
+//! can only deny that owner's handles, or hand out memfds the owner holds anyway.
+
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fd::AsFd;
+use rustix::mm::{MapFlags, ProtFlags};
+
+/// The smallest handle value.
+pub const FIRST_HANDLE: u32 = 0x100;
+/// One past the largest handle value: values survive truncation to 32 bits and sign extension.
+pub const HANDLE_LIMIT: u32 = 1 << 31;
+/// Handle values step by 4, as Windows handles do.
+pub const HANDLE_STEP: u32 = 4;
+
+/// The header's size in bytes.
+pub const HEADER_BYTES: usize = 64;
+/// One slot's size in bytes.
+pub const SLOT_BYTES: usize = 16;
+/// The most slots a segment may have (a table of more handles than this is refused).
+pub const MAX_CAPACITY: usize = 1 << 20;
+
+const STATUS_MASK: u64 = 0b11;
+const STATUS_LIVE: u64 = 1;
+const STATUS_PENDING: u64 = 2;
+const FD_BITS: u32 = 30;
+const FD_MASK: u64 = (1 << FD_BITS) - 1;
+const FROZEN_BIT: u64 = 1 << 63;
+
+/// The bytes a segment of `capacity` slots occupies.
+pub fn segment_bytes(capacity: usize) -> usize {
+    HEADER_BYTES + capacity * SLOT_BYTES
+}
+
+/// Whether `value` is a possible handle value.
+pub fn is_handle_value(value: u32) -> bool {
+    (FIRST_HANDLE..HANDLE_LIMIT).contains(&value) && value % HANDLE_STEP == 0
+}
+
+/// The slot that handle `value` lives in, in a table of `capacity` slots; `None` for a value no
+/// handle can have.
+pub fn slot_of(value: u32, capacity: usize) -> Option<usize> {
+    if !is_handle_value(value) || capacity == 0 {
+        return None;
+    }
+    Some(((value - FIRST_HANDLE) / HANDLE_STEP) as usize % capacity)
+}
+
+/// What one slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// No handle.
+    Empty,
+    /// An open handle whose block the owner holds as descriptor `fd`.
+    Live {
+        /// The handle value.
+        handle: u32,
+        /// The owner's descriptor for the block.
+        fd: u32,
+    },
+    /// An open handle whose block the broker holds: another process put it there, and the owner has
+    /// not taken its descriptor yet.
+    Pending {
+        /// The handle value.
+        handle: u32,
+    },
+    /// A bit pattern neither side writes (the owner scribbled over its segment): no handle.
+    Garbage(u64),
+}
+
+impl State {
+    /// The state's word.
+    pub fn encode(self) -> u64 {
+        match self {
+            State::Empty => 0,
+            State::Live { handle, fd } => {
+                (u64::from(handle) << 32) | ((u64::from(fd) & FD_MASK) << 2) | STATUS_LIVE
+            }
+            State::Pending { handle } => (u64::from(handle) << 32) | STATUS_PENDING,
+            State::Garbage(word) => word,
+        }
+    }
+
+    /// Reads a word.
+    pub fn decode(word: u64) -> State {
+        let handle = (word >> 32) as u32;
+        let fd = ((word >> 2) & FD_MASK) as u32;
+        match word & STATUS_MASK {
+            _ if word == 0 => State::Empty,
+            STATUS_LIVE if is_handle_value(handle) => State::Live { handle, fd },
+            STATUS_PENDING if is_handle_value(handle) && fd == 0 => State::Pending { handle },
+            _ => State::Garbage(word),
+        }
+    }
+
+    /// The handle this state holds, if any.
+    pub fn handle(self) -> Option<u32> {
+        match self {
+            State::Live { handle, .. } | State::Pending { handle } => Some(handle),
+            State::Empty | State::Garbage(_) => None,
+        }
+    }
+
+    /// Whether a descriptor number fits in a state word.
+    pub fn fd_fits(fd: u32) -> bool {
+        u64::from(fd) <= FD_MASK
+    }
+}
+
+/// The listing word of a slot: the block's size and whether it is frozen.
+pub fn encode_info(size: u64, frozen: bool) -> u64 {
+    (size & !FROZEN_BIT) | if frozen { FROZEN_BIT } else { 0 }
+}
+
+/// Reads a listing word back into (size, frozen).
+pub fn decode_info(info: u64) -> (u64, bool) {
+    (info & !FROZEN_BIT, info & FROZEN_BIT != 0)
+}
+
+/// A segment mapped into this process, read/write and shared.
+#[derive(Debug)]
+pub struct Segment {
+    base: NonNull<u8>,
+    len: usize,
+    capacity: usize,
+}
+
+// SAFETY: the mapping is plain shared memory reached only through atomics; it may be used and
+// unmapped from any thread.
+unsafe impl Send for Segment {}
+// SAFETY: as above; every access through `&Segment` is an atomic operation.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// Maps the segment behind `fd`, which must be at least [`segment_bytes`]`(capacity)` long and
+    /// sealed against shrinking (the broker checks both on the memfds it makes; a client trusts
+    /// its broker). With `private_to_process`, a forked child does not inherit the mapping.
+    pub fn map(fd: impl AsFd, capacity: usize, private_to_process: bool) -> rustix::io::Result<Self> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(rustix::io::Errno::INVAL);
+        }
+        let len = segment_bytes(capacity);
+        let stat = rustix::fs::fstat(&fd)?;
+        if u64::try_from(stat.st_size).map_or(true, |size| size < len as u64) {
+            return Err(rustix::io::Errno::INVAL);
+        }
+        // SAFETY: a new shared mapping at an address the kernel picks affects no existing memory;
+        // the file is at least `len` bytes long and sealed against shrinking, so every byte of the
+        // mapping stays backed.
+        let ptr = unsafe {
+            rustix::mm::mmap(
+                std::ptr::null_mut(),
+                len,
+                ProtFlags::READ | ProtFlags::WRITE,
+                MapFlags::SHARED,
+                fd,
+                0,
+            )
+        }?;
+        let base = NonNull::new(ptr.cast::<u8>()).ok_or(rustix::io::Errno::INVAL)?;
+        let segment = Segment {
+            base,
+            len,
+            capacity,
+        };
+        if private_to_process {
+            // SAFETY: advice on a mapping this value owns; DONTFORK changes only what a child
+            // inherits.
+            unsafe {
+                rustix::mm::madvise(ptr, len, rustix::mm::Advice::LinuxDontFork)?;
+            }
+        }
+        Ok(segment)
+    }
+
+    /// The number of slots.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset + 8 <= self.len && offset % 8 == 0);
+        // SAFETY: `offset` is 8-aligned and inside the mapping (callers index only the header and
+        // slots below `capacity`); the mapping is page-aligned, lives as long as `self`, and is
+        // only ever accessed atomically.
+        unsafe { &*self.base.as_ptr().add(offset).cast::<AtomicU64>() }
+    }
+
+    fn slot_word(&self, slot: usize, field: usize) -> Option<&AtomicU64> {
+        (slot < self.capacity).then(|| self.word(HEADER_BYTES + slot * SLOT_BYTES + field * 8))
+    }
+
+    /// The state of `slot` (`Empty` past the end).
+    pub fn state(&self, slot: usize) -> State {
+        self.slot_word(slot, 0)
+            .map_or(State::Empty, |w| State::decode(w.load(Ordering::Acquire)))
+    }
+
+    /// Swaps `slot` from `old` to `new` if it still holds `old`; otherwise returns what it holds.
+    pub fn swap(&self, slot: usize, old: State, new: State) -> Result<(), State> {
+        let Some(word) = self.slot_word(slot, 0) else {
+            return Err(State::Empty);
+        };
+        word.compare_exchange(
+            old.encode(),
+            new.encode(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .map(|_| ())
+        .map_err(State::decode)
+    }
+
+    /// Writes the listing word of `slot` (before the slot is made `Live` or `Pending`).
+    pub fn set_info(&self, slot: usize, size: u64, frozen: bool) {
+        if let Some(word) = self.slot_word(slot, 1) {
+            word.store(encode_info(size, frozen), Ordering::Release);
+        }
+    }
+
+    /// The listing word of `slot`: (size, frozen).
+    pub fn info(&self, slot: usize) -> (u64, bool) {
+        self.slot_word(slot, 1)
+            .map_or((0, false), |w| decode_info(w.load(Ordering::Acquire)))
+    }
+
+    /// Counts one free done by the broker in the owner's table (the owner then closes its
+    /// descriptors of handles no longer `Live`).
+    pub fn count_remote_free(&self) {
+        self.word(8).fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// How many frees the broker has done in this table.
+    pub fn remote_frees(&self) -> u64 {
+        self.word(8).load(Ordering::Acquire)
+    }
+
+    /// Writes the capacity into the header (the broker does, once).
+    pub fn write_header(&self) {
+        self.word(0).store(self.capacity as u64, Ordering::Release);
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        // SAFETY: [base, base + len) is exactly the mapping this value made; nothing else refers
+        // to it once the value is dropped (slot references borrow `self`).
+        let _ = unsafe { rustix::mm::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_and_garbage_is_no_handle() {
+        for state in [
+            State::Empty,
+            State::Live {
+                handle: 0x104,
+                fd: 7,
+            },
+            State::Live {
+                handle: HANDLE_LIMIT - 4,
+                fd: (1 << 30) - 1,
+            },
+            State::Pending { handle: 0x7ffc },
+        ] {
+            assert_eq!(State::decode(state.encode()), state);
+        }
+        for garbage in [1u64, 3, (5u64 << 32) | 1, (0x100u64 << 32) | 3, (0x100 << 32) | 6] {
+            assert!(State::decode(garbage).handle().is_none(), "{garbage:#x}");
+        }
+    }
+
+    #[test]
+    fn slots_follow_values() {
+        assert_eq!(slot_of(FIRST_HANDLE, 10), Some(0));
+        assert_eq!(slot_of(FIRST_HANDLE + 4 * 13, 10), Some(3));
+        assert_eq!(slot_of(FIRST_HANDLE + 2, 10), None);
+        assert_eq!(slot_of(0, 10), None);
+        assert_eq!(slot_of(HANDLE_LIMIT, 10), None);
+    }
+
+    #[test]
+    fn info_keeps_size_and_frozen() {
+        assert_eq!(decode_info(encode_info(12345, true)), (12345, true));
+        assert_eq!(decode_info(encode_info(0, false)), (0, false));
+    }
+}

@@ -1,0 +1,278 @@
+//! This process's own handle table: the segment it shares with the broker, and the descriptors of
+//! the blocks in it, which this process holds itself.
+//!
+//! Calls on the own table — alloc into it, lock, free — change the segment by compare-and-swap and
+//! touch only descriptors held here: no round trip to the broker. Another process's call on this
+//! table goes to the broker, which swaps the same words (see [`shalloc_protocol::segment`]), so of
+//! two racing frees exactly one wins, and a lock that starts after a free returned fails.
+//!
+//! A handle is `Live` in the segment only once its descriptor is open here, so the broker can serve
+//! it to others as soon as anyone can learn its value. Its descriptor is closed only after its slot
+//! has left `Live` (here, or by the broker: then the next call here notices, by the segment's count
+//! of the broker's frees, and closes it).
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use shalloc_protocol::segment::{self, Segment, State};
+use shalloc_protocol::wire::{Reply, Request};
+
+use super::Failed;
+use super::connection::{CallError, Connection};
+use crate::error::{Error, Result};
+use crate::ids::Handle;
+
+/// A block whose descriptor this process holds for its own table.
+#[derive(Debug)]
+struct Held {
+    fd: OwnedFd,
+    size: u64,
+    frozen: bool,
+    slot: usize,
+}
+
+impl Held {
+    fn state(&self, handle: u32) -> State {
+        State::Live {
+            handle,
+            fd: self.fd.as_raw_fd() as u32,
+        }
+    }
+}
+
+/// What the own table knows of a handle.
+pub(crate) enum Lookup<'a> {
+    /// Open, with its block held here: (descriptor, size, frozen).
+    Held(BorrowedFd<'a>, u64, bool),
+    /// Open, but the broker still holds its block: ask the broker.
+    AtBroker,
+    /// Not open in this table.
+    Closed,
+}
+
+/// The own table.
+#[derive(Debug)]
+pub(crate) struct OwnTable {
+    segment: Segment,
+    /// The segment memfd's (device, inode): a broker that kept our table gives the same one back
+    /// on a new connection; a new broker gives another, and the old table is gone with the old one.
+    identity: (u64, u64),
+    /// Handle values leased to us for our own allocations: (next, how many left).
+    lease: (u32, u32),
+    held: HashMap<u32, Held>,
+    remote_frees_seen: u64,
+}
+
+fn identity(fd: &OwnedFd) -> Result<(u64, u64)> {
+    let stat = rustix::fs::fstat(fd).map_err(|e| Error::os("fstat", e))?;
+    Ok((stat.st_dev, stat.st_ino))
+}
+
+fn protocol(why: impl Into<String>) -> Error {
+    Error::Protocol { reason: why.into() }
+}
+
+impl OwnTable {
+    /// Asks the broker for our table on `conn` and returns it: `current` itself when the broker
+    /// kept it (the same segment), a fresh one otherwise (and `current`, of a broker that is gone,
+    /// is dropped with every descriptor it held).
+    pub fn attach(
+        conn: &mut Connection,
+        current: Option<OwnTable>,
+        deadline: Instant,
+    ) -> std::result::Result<OwnTable, CallError> {
+        let (reply, fd) = conn.call(&Request::Attach, None, deadline)?;
+        let (Reply::Table { capacity }, Some(fd)) = (reply, fd) else {
+            return Err(CallError::Protocol("unexpected answer to Attach".into()));
+        };
+        conn.attached = true;
+        let id = identity(&fd).map_err(|e| CallError::Protocol(e.to_string()))?;
+        if let Some(table) = current.filter(|t| t.identity == id) {
+            return Ok(table);
+        }
+        let segment = Segment::map(&fd, capacity as usize, true)
+            .map_err(|e| CallError::Protocol(format!("cannot map our table: {e}")))?;
+        Ok(OwnTable {
+            segment,
+            identity: id,
+            lease: (0, 0),
+            held: HashMap::new(),
+            remote_frees_seen: 0,
+        })
+    }
+
+    /// Takes the blocks the broker sent us into our keeping and tells it so.
+    pub fn adopt(&mut self, conn: &mut Connection) {
+        for (handle, size, fd) in std::mem::take(&mut conn.adopts) {
+            let raw = fd.as_raw_fd() as u32;
+            let Some(slot) = segment::slot_of(handle, self.segment.capacity()) else {
+                continue;
+            };
+            if !State::fd_fits(raw) {
+                continue; // the broker keeps it; a lock asks for it
+            }
+            let frozen = rustix::fs::fcntl_get_seals(&fd)
+                .is_ok_and(|s| s.contains(rustix::fs::SealFlags::WRITE));
+            let live = State::Live { handle, fd: raw };
+            if self
+                .segment
+                .swap(slot, State::Pending { handle }, live)
+                .is_ok()
+            {
+                self.held.insert(
+                    handle,
+                    Held {
+                        fd,
+                        size,
+                        frozen,
+                        slot,
+                    },
+                );
+                // Lets the broker close its copy; if this is lost, it only keeps it longer.
+                let _ = conn.notify(&Request::Adopted { handle });
+            }
+        }
+    }
+
+    /// Closes the descriptors of handles the broker freed since we last looked.
+    fn sweep(&mut self) {
+        let frees = self.segment.remote_frees();
+        if frees == self.remote_frees_seen {
+            return;
+        }
+        self.remote_frees_seen = frees;
+        let segment = &self.segment;
+        self.held
+            .retain(|&handle, held| segment.state(held.slot) == held.state(handle));
+    }
+
+    /// Puts the sealed block `fd` of `size` bytes into our table under a new handle, taking `fd`
+    /// only when it succeeds.
+    pub fn insert(
+        &mut self,
+        conn: &mut Connection,
+        fd: &mut Option<OwnedFd>,
+        size: u64,
+        frozen: bool,
+        deadline: Instant,
+    ) -> Result<Handle, Failed> {
+        self.sweep();
+        let capacity = self.segment.capacity();
+        let full = || Error::TooManyHandles {
+            reason: format!(
+                "the table of process {} already holds {capacity} handles, its limit",
+                std::process::id()
+            ),
+        };
+        if self.held.len() >= capacity {
+            return Err(full().into());
+        }
+        let raw = fd
+            .as_ref()
+            .ok_or_else(|| protocol("no block to insert"))?
+            .as_raw_fd() as u32;
+        if !State::fd_fits(raw) {
+            return Err(Error::TooManyHandles {
+                reason: format!("descriptor {raw} is too large for a table entry"),
+            }
+            .into());
+        }
+        // Consecutive values take consecutive slots, so `capacity` tries visit every slot once.
+        for _ in 0..capacity {
+            let handle = self.next_value(conn, deadline)?;
+            let Some(slot) = segment::slot_of(handle, capacity) else {
+                continue;
+            };
+            self.segment.set_info(slot, size, frozen);
+            if self
+                .segment
+                .swap(slot, State::Empty, State::Live { handle, fd: raw })
+                .is_ok()
+            {
+                let Some(fd) = fd.take() else {
+                    return Err(protocol("no block to insert").into());
+                };
+                self.held.insert(
+                    handle,
+                    Held {
+                        fd,
+                        size,
+                        frozen,
+                        slot,
+                    },
+                );
+                return Ok(Handle::from_raw(handle).ok_or_else(|| protocol("handle value 0"))?);
+            }
+        }
+        Err(full().into())
+    }
+
+    fn next_value(&mut self, conn: &mut Connection, deadline: Instant) -> Result<u32, Failed> {
+        if self.lease.1 == 0 {
+            match super::call_on(conn, &Request::Lease, None, deadline)? {
+                (Reply::Lease { start, count }, _) if count > 0 => self.lease = (start, count),
+                (other, _) => return Err(protocol(format!("unexpected answer {other:?}")).into()),
+            }
+        }
+        let value = self.lease.0;
+        self.lease = (value.wrapping_add(segment::HANDLE_STEP), self.lease.1 - 1);
+        Ok(value)
+    }
+
+    /// What our table holds under `handle`.
+    pub fn lookup(&mut self, handle: u32) -> Lookup<'_> {
+        self.sweep();
+        let capacity = self.segment.capacity();
+        let Some(slot) = segment::slot_of(handle, capacity) else {
+            return Lookup::Closed;
+        };
+        let state = self.segment.state(slot);
+        let matches = self.held.get(&handle).map(|held| state == held.state(handle));
+        match matches {
+            Some(true) => {
+                if let Some(held) = self.held.get(&handle) {
+                    return Lookup::Held(held.fd.as_fd(), held.size, held.frozen);
+                }
+            }
+            Some(false) => {
+                // The broker freed it: our descriptor goes.
+                self.held.remove(&handle);
+                return Lookup::Closed;
+            }
+            None => {}
+        }
+        if state == (State::Pending { handle }) {
+            Lookup::AtBroker
+        } else {
+            Lookup::Closed
+        }
+    }
+
+    /// Frees `handle` if we hold its block: `Some(true)` freed, `Some(false)` not open here,
+    /// `None` when the broker holds the block (ask it).
+    pub fn free(&mut self, handle: u32) -> Option<bool> {
+        match self.lookup(handle) {
+            Lookup::Held(..) => {}
+            Lookup::AtBroker => return None,
+            Lookup::Closed => return Some(false),
+        }
+        let held = self.held.remove(&handle)?;
+        let won = self
+            .segment
+            .swap(held.slot, held.state(handle), State::Empty)
+            .is_ok();
+        // Either way the descriptor goes: we emptied the slot, or the broker did first.
+        drop(held);
+        Some(won)
+    }
+
+    /// Forgets the table in a forked child: closes the descriptors it inherited (they are the
+    /// parent's table, not the child's) without touching the segment, which the child does not
+    /// have (it is mapped `MADV_DONTFORK`).
+    pub fn abandon_in_child(self) {
+        let OwnTable { segment, held, .. } = self;
+        std::mem::forget(segment);
+        drop(held);
+    }
+}
