@@ -106,6 +106,11 @@ enum Op {
     List {
         verbose: bool,
     },
+    Attach,
+    Lease,
+    Adopted {
+        handle: Handle,
+    },
     Raw {
         bytes: Vec<u8>,
         desc: Desc,
@@ -243,6 +248,14 @@ fn build(session: &Session) -> Vec<Sent> {
             ),
             Op::Stop => (Request::Stop, Desc::None),
             Op::List { verbose } => (Request::List { verbose }, Desc::None),
+            Op::Attach => (Request::Attach, Desc::None),
+            Op::Lease => (Request::Lease, Desc::None),
+            Op::Adopted { handle } => (
+                Request::Adopted {
+                    handle: handle.raw(),
+                },
+                Desc::None,
+            ),
             Op::Raw { ref bytes, desc } => {
                 let claimed = match Request::decode(bytes) {
                     Ok((_, Request::Alloc { size, .. })) => Some(size),
@@ -262,6 +275,11 @@ fn build(session: &Session) -> Vec<Sent> {
             _ => None,
         };
         let (fd, block) = make_fd(desc, claimed);
+        let id = if request.is_notice() {
+            shalloc_protocol::wire::UNASKED_ID
+        } else {
+            id
+        };
         sent.push(Sent {
             bytes: request.encode(id).as_bytes().to_vec(),
             fd,
@@ -283,6 +301,8 @@ enum Expect {
     },
     /// The version refusal, then the connection ends.
     Refused { id: u32 },
+    /// A notice: no reply, and the session goes on.
+    Silent,
 }
 
 struct Model {
@@ -305,6 +325,7 @@ impl Model {
             (Request::Hello { version }, false) if *version == VERSION => {}
             (Request::Hello { .. }, false) => return Expect::Refused { id },
             (_, false) | (Request::Hello { .. }, true) => return Expect::Dropped,
+            (Request::Adopted { .. }, true) => return Expect::Silent,
             _ => {}
         }
         Expect::Reply {
@@ -429,6 +450,18 @@ impl Model {
             (Request::Lock { .. } | Request::Free { .. } | Request::Map { .. }, Failed { .. }) => {}
             (Request::Stop, Done) => return false,
             (Request::List { .. }, Reply::Listing { size }) => assert!(*size > 0),
+            (Request::Attach, Reply::Table { capacity }) => {
+                assert_eq!(
+                    *capacity as usize,
+                    shalloc_broker::DEFAULT_MAX_HANDLES_PER_TABLE
+                );
+            }
+            (Request::Lease, Reply::Lease { start, count }) => {
+                // A lease takes the next values in order, like handles do.
+                assert!(*count > 0);
+                assert_eq!(*start, FIRST_HANDLE + 4 * self.handed_out, "{reply:?}");
+                self.handed_out += count;
+            }
             _ => panic!("{request:?} was answered with {reply:?}"),
         }
         true
@@ -449,7 +482,22 @@ libfuzzer_sys::fuzz_target!(|session: Session| {
         live: HashMap::new(),
         handed_out: 0,
     };
-    let mut replies = replies.iter();
+    // Blocks sent unasked to the table's owner (after an Attach) are not replies; each must be a
+    // well-formed Adopt of a block the model knows in the caller's own table.
+    let mut unasked = 0;
+    let replies: Vec<&Vec<u8>> = replies
+        .iter()
+        .filter(|r| match Reply::decode(r) {
+            Ok((0, Reply::Adopt { .. })) => {
+                unasked += 1;
+                false
+            }
+            Ok((0, other)) => panic!("an unasked frame that is not Adopt: {other:?}"),
+            _ => true,
+        })
+        .collect();
+    let _ = unasked;
+    let mut replies = replies.into_iter();
     for frame in &sent {
         // The hook stops sending at an empty frame only through the broker: an empty record
         // reads as the client leaving.
@@ -458,6 +506,7 @@ libfuzzer_sys::fuzz_target!(|session: Session| {
         }
         match model.expect(frame) {
             Expect::Dropped => break,
+            Expect::Silent => {}
             Expect::Refused { id } => {
                 let reply = replies.next().expect("the version refusal");
                 let decoded = Reply::decode(reply).expect("the broker's reply decodes");

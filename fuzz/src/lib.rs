@@ -13,7 +13,7 @@ const REASON_AT: usize = HEADER + 8;
 ///
 /// None may panic, and:
 /// - a request that decodes re-encodes to exactly `data` (the format has one encoding per value:
-///   flags, padding and booleans are checked, and the id is never 0);
+///   flags, padding and booleans are checked, and the id is 0 exactly for notices);
 /// - a reply that decodes re-encodes to exactly `data`, except a `Failed` whose reason is not
 ///   UTF-8: it was decoded lossily (U+FFFD for each bad sequence), so instead its re-encoding must
 ///   stay within [`MAX_FRAME`], decode again, and be a fixed point of encode∘decode;
@@ -22,7 +22,11 @@ const REASON_AT: usize = HEADER + 8;
 pub fn check_decode(data: &[u8]) {
     let request = Request::decode(data);
     if let Ok((id, request)) = &request {
-        assert_ne!(*id, UNASKED_ID, "a request with the reserved id decoded");
+        assert_eq!(
+            *id == UNASKED_ID,
+            request.is_notice(),
+            "{request:?} decoded with id {id}"
+        );
         let again = request.encode(*id);
         assert_eq!(
             again.as_bytes(),
@@ -132,6 +136,9 @@ pub fn sample_requests() -> Vec<(u32, Request)> {
         (u32::MAX, Request::Stop),
         (9, Request::List { verbose: true }),
         (10, Request::List { verbose: false }),
+        (20, Request::Attach),
+        (21, Request::Lease),
+        (UNASKED_ID, Request::Adopted { handle: 0x104 }),
     ]
 }
 
@@ -157,6 +164,21 @@ pub fn sample_replies() -> Vec<(u32, Reply)> {
         ),
         (7, Reply::failed(5, "")),
         (8, Reply::failed(87, "é".repeat(MAX_REASON))),
+        (9, Reply::Table { capacity: 65536 }),
+        (
+            10,
+            Reply::Lease {
+                start: 0x100,
+                count: 16,
+            },
+        ),
+        (
+            UNASKED_ID,
+            Reply::Adopt {
+                handle: 0x104,
+                size: 4096,
+            },
+        ),
     ]
 }
 

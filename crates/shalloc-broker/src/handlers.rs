@@ -12,8 +12,8 @@ use shalloc_protocol::wire::Reply;
 use crate::block::Block;
 use crate::failure::Failure;
 use crate::process::{self, Process};
-use crate::state::Broker;
 use crate::reopen::reopen;
+use crate::state::Broker;
 use crate::tables::{PutError, Table};
 use shalloc_protocol::segment::State;
 
@@ -114,7 +114,12 @@ impl Broker {
     /// The block of `handle` in `owner`'s table: the broker's own copy when it holds one, else
     /// opened again from the owner's descriptor, and believed only if the handle stayed `Live`
     /// throughout (an owner closes a block's descriptor only after its slot left `Live`).
-    fn block_of(&mut self, caller: &Process, handle: u32, owner: u32) -> Result<Rc<Block>, Failure> {
+    fn block_of(
+        &mut self,
+        caller: &Process,
+        handle: u32,
+        owner: u32,
+    ) -> Result<Rc<Block>, Failure> {
         let max = self.config.limits.max_block;
         let invalid = || Failure::invalid_handle(handle, owner);
         let table = self.table(caller, owner, false)?.ok_or_else(invalid)?;

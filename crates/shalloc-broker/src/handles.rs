@@ -13,7 +13,9 @@
 
 use std::path::PathBuf;
 
-use shalloc_protocol::segment::{FIRST_HANDLE as FIRST, HANDLE_LIMIT as LIMIT, HANDLE_STEP as STEP};
+use shalloc_protocol::segment::{
+    FIRST_HANDLE as FIRST, HANDLE_LIMIT as LIMIT, HANDLE_STEP as STEP,
+};
 /// Values reserved per write of the mark.
 const RESERVATION: u32 = 1 << 16;
 

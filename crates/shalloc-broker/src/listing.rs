@@ -37,10 +37,11 @@ pub(crate) fn describe(broker: &Broker, verbose: bool) -> Listing {
     let mut bytes = 0;
     let mut handles = 0;
     let mut owned_blocks = 0;
+    // A table with no handle (its process attached, then freed everything) is not listed.
     let mut tables: Vec<TableEntry> = broker
         .tables
         .iter()
-        .map(|table| {
+        .filter_map(|table| {
             let mut entries: Vec<HandleEntry> = Vec::new();
             let mut table_bytes = 0;
             let found = table.handles();
@@ -66,17 +67,20 @@ pub(crate) fn describe(broker: &Broker, verbose: bool) -> Listing {
                     });
                 }
             }
+            if found.is_empty() {
+                return None;
+            }
             handles += found.len() as u64;
             entries.sort_by_key(|e| e.handle);
             let command = std::fs::read_to_string(format!("/proc/{}/comm", table.process.pid))
                 .unwrap_or_default();
-            TableEntry {
+            Some(TableEntry {
                 pid: table.process.pid,
                 command: command.trim_end().to_string(),
                 handles: found.len() as u64,
                 bytes: table_bytes,
                 entries,
-            }
+            })
         })
         .collect();
     tables.sort_by_key(|t| t.pid);

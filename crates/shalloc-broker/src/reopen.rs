@@ -61,7 +61,8 @@ pub(crate) fn reopen(owner: &Process, fd: u32, handle: u32, max: u64) -> Result<
         Mode::empty(),
     )
     .map_err(gone)?;
-    let size = u64::try_from(stat.st_size).map_err(|_| Failure::invalid_handle(handle, owner.pid))?;
+    let size =
+        u64::try_from(stat.st_size).map_err(|_| Failure::invalid_handle(handle, owner.pid))?;
     Block::accept(file, size, max).map_err(|_| Failure::invalid_handle(handle, owner.pid))
 }
 

@@ -143,13 +143,9 @@ impl Broker {
 
     /// How many more descriptors the broker can hold beyond its own and its connections'.
     fn descriptor_room(&self) -> usize {
-        let room = self
-            .nofile
-            .saturating_sub(
-                RESERVED_FDS
-                    + self.connections.len() as u64
-                    + 2 * self.tables.table_count() as u64,
-            );
+        let room = self.nofile.saturating_sub(
+            RESERVED_FDS + self.connections.len() as u64 + 2 * self.tables.table_count() as u64,
+        );
         usize::try_from(room).unwrap_or(usize::MAX)
     }
 
@@ -442,8 +438,13 @@ impl Broker {
                 size: block.size,
             }
             .encode(shalloc_protocol::wire::UNASKED_ID);
-            if let Err(e) = transport::send(conn.sock.as_fd(), &frame, Some(block.fd.as_fd()), true) {
-                log!(self.log, Debug, "could not send handle {handle:#x} to process {pid}: {e}");
+            if let Err(e) = transport::send(conn.sock.as_fd(), &frame, Some(block.fd.as_fd()), true)
+            {
+                log!(
+                    self.log,
+                    Debug,
+                    "could not send handle {handle:#x} to process {pid}: {e}"
+                );
             }
         }
     }

@@ -44,33 +44,50 @@ impl Table {
         (state.handle() == Some(handle)).then_some((slot, state))
     }
 
-    /// Every handle in the table, read with `pread` so that slots never touched stay unallocated:
+    /// Every handle in the table, read with `pread` over the pages the segment has (found with
+    /// `SEEK_DATA`/`SEEK_HOLE`), so slots never touched are neither read nor allocated:
     /// (handle, size, frozen, the broker's copy of the block if it holds one). Sizes of blocks
     /// the owner holds are what the owner wrote: for listings only.
     pub fn handles(&self) -> Vec<(u32, u64, bool, Option<&Rc<Block>>)> {
+        use rustix::fs::SeekFrom;
         let mut found = Vec::new();
-        let mut chunk = vec![0u8; 4096 * segment::SLOT_BYTES];
-        let total = self.segment.capacity();
-        let mut slot = 0;
-        while slot < total {
-            let count = (total - slot).min(4096);
-            let bytes = &mut chunk[..count * segment::SLOT_BYTES];
-            let offset = (segment::HEADER_BYTES + slot * segment::SLOT_BYTES) as u64;
-            if rustix::io::pread(&self.segment_fd, &mut *bytes, offset).ok() != Some(bytes.len()) {
-                break;
-            }
-            for raw in bytes.chunks_exact(segment::SLOT_BYTES) {
-                let word = |i: usize| {
-                    let mut b = [0u8; 8];
-                    b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
-                    u64::from_ne_bytes(b)
-                };
-                if let Some(handle) = State::decode(word(0)).handle() {
-                    let (size, frozen) = segment::decode_info(word(1));
-                    found.push((handle, size, frozen, self.pending.get(&handle)));
+        let end = segment::segment_bytes(self.segment.capacity()) as u64;
+        let first_slot = segment::HEADER_BYTES as u64;
+        let mut at = first_slot;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while at < end {
+            let Ok(data) = rustix::fs::seek(&self.segment_fd, SeekFrom::Data(at)) else {
+                break; // ENXIO: no data past `at`
+            };
+            let hole = rustix::fs::seek(&self.segment_fd, SeekFrom::Hole(data)).unwrap_or(end);
+            // Whole slots only: round the start down to a slot boundary.
+            let mut pos = data.max(first_slot);
+            pos -= (pos - first_slot) % segment::SLOT_BYTES as u64;
+            let stop = hole.min(end);
+            while pos < stop {
+                let want = ((stop - pos) as usize).min(chunk.len());
+                let want = want - want % segment::SLOT_BYTES;
+                if want == 0 {
+                    break;
                 }
+                let bytes = &mut chunk[..want];
+                if rustix::io::pread(&self.segment_fd, &mut *bytes, pos).ok() != Some(want) {
+                    return found;
+                }
+                for raw in bytes.chunks_exact(segment::SLOT_BYTES) {
+                    let word = |i: usize| {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&raw[i * 8..i * 8 + 8]);
+                        u64::from_ne_bytes(b)
+                    };
+                    if let Some(handle) = State::decode(word(0)).handle() {
+                        let (size, frozen) = segment::decode_info(word(1));
+                        found.push((handle, size, frozen, self.pending.get(&handle)));
+                    }
+                }
+                pos += want as u64;
             }
-            slot += count;
+            at = stop.max(pos);
         }
         found
     }

@@ -156,7 +156,11 @@ impl Segment {
     /// Maps the segment behind `fd`, which must be at least [`segment_bytes`]`(capacity)` long and
     /// sealed against shrinking (the broker checks both on the memfds it makes; a client trusts
     /// its broker). With `private_to_process`, a forked child does not inherit the mapping.
-    pub fn map(fd: impl AsFd, capacity: usize, private_to_process: bool) -> rustix::io::Result<Self> {
+    pub fn map(
+        fd: impl AsFd,
+        capacity: usize,
+        private_to_process: bool,
+    ) -> rustix::io::Result<Self> {
         if capacity == 0 || capacity > MAX_CAPACITY {
             return Err(rustix::io::Errno::INVAL);
         }
@@ -290,7 +294,13 @@ mod tests {
         ] {
             assert_eq!(State::decode(state.encode()), state);
         }
-        for garbage in [1u64, 3, (5u64 << 32) | 1, (0x100u64 << 32) | 3, (0x100 << 32) | 6] {
+        for garbage in [
+            1u64,
+            3,
+            (5u64 << 32) | 1,
+            (0x100u64 << 32) | 3,
+            (0x100 << 32) | 6,
+        ] {
             assert!(State::decode(garbage).handle().is_none(), "{garbage:#x}");
         }
     }

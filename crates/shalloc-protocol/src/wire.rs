@@ -500,10 +500,9 @@ impl Reply {
             Reply::Listing { size } => Frame::new(kind::R_LISTING, id).u64(*size),
             Reply::Table { capacity } => Frame::new(kind::R_TABLE, id).u32(*capacity),
             Reply::Lease { start, count } => Frame::new(kind::R_LEASE, id).u32(*start).u32(*count),
-            Reply::Adopt { handle, size } => Frame::new(kind::U_ADOPT, id)
-                .u32(*handle)
-                .u32(0)
-                .u64(*size),
+            Reply::Adopt { handle, size } => {
+                Frame::new(kind::U_ADOPT, id).u32(*handle).u32(0).u64(*size)
+            }
             Reply::Failed { code, reason } => {
                 // `failed` bounds the reason; a Failed built by hand is cut here the same way.
                 let Reply::Failed { reason, .. } = Reply::failed(*code, reason.as_str()) else {

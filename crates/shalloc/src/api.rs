@@ -190,16 +190,18 @@ pub(crate) fn lock_raw(handle: Handle, owner: Pid, write: bool, who: Owner) -> R
         write,
     };
     if owner == Pid::current() {
-        return client::with_table(|conn, table, deadline| match table.lookup(handle.as_raw()) {
-            Lookup::Held(fd, size, frozen) => {
-                Ok(map_block(handle, fd, size, frozen, write, who)?)
-            }
-            Lookup::AtBroker => {
-                let answer = client::call_on(conn, &request, None, deadline)?;
-                Ok(map_reply(handle, answer, write, who)?)
-            }
-            Lookup::Closed => Err(not_open(handle, owner).into()),
-        });
+        return client::with_table(
+            |conn, table, deadline| match table.lookup(handle.as_raw()) {
+                Lookup::Held(fd, size, frozen) => {
+                    Ok(map_block(handle, fd, size, frozen, write, who)?)
+                }
+                Lookup::AtBroker => {
+                    let answer = client::call_on(conn, &request, None, deadline)?;
+                    Ok(map_reply(handle, answer, write, who)?)
+                }
+                Lookup::Closed => Err(not_open(handle, owner).into()),
+            },
+        );
     }
     map_reply(handle, client::call(&request, None)?, write, who)
 }
@@ -278,7 +280,10 @@ pub fn map_handle(handle: Handle, from: Pid, to: Pid) -> Result<Handle> {
         };
         if to == from {
             let mut dup = Some(fd.try_clone_to_owned().map_err(|e| {
-                Failed::Refused(Error::os("dup", rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)))
+                Failed::Refused(Error::os(
+                    "dup",
+                    rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
+                ))
             })?);
             return table.insert(conn, &mut dup, size, frozen, deadline);
         }

@@ -268,7 +268,9 @@ pub(crate) fn call_on(
     deadline: Instant,
 ) -> Result<(Reply, Option<OwnedFd>), Failed> {
     match conn.call(request, fd, deadline).map_err(Failed::Call)? {
-        (Reply::Failed { code, reason }, _) => Err(Failed::Refused(Error::from_broker(code, reason))),
+        (Reply::Failed { code, reason }, _) => {
+            Err(Failed::Refused(Error::from_broker(code, reason)))
+        }
         answer => Ok(answer),
     }
 }

@@ -228,7 +228,10 @@ impl OwnTable {
             return Lookup::Closed;
         };
         let state = self.segment.state(slot);
-        let matches = self.held.get(&handle).map(|held| state == held.state(handle));
+        let matches = self
+            .held
+            .get(&handle)
+            .map(|held| state == held.state(handle));
         match matches {
             Some(true) => {
                 if let Some(held) = self.held.get(&handle) {
