@@ -313,3 +313,135 @@ fn a_symlinked_socket_path_is_not_followed() {
         "no broker was started behind the symlink"
     );
 }
+
+/// The start of this process's own table segment, from /proc/self/maps.
+fn own_segment() -> *const std::sync::atomic::AtomicU64 {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = maps
+        .lines()
+        .find(|l| l.contains("memfd:shalloc-table"))
+        .expect("our table is mapped");
+    let start = line.split('-').next().unwrap();
+    usize::from_str_radix(start, 16).unwrap() as *const std::sync::atomic::AtomicU64
+}
+
+/// A process that scribbles over its own table segment — slots naming a regular file, a FIFO, a
+/// pipe, an unsealed memfd, a descriptor it does not have, and bit patterns neither side writes —
+/// hurts only itself: another process locking those handles gets a clean "invalid handle" at once
+/// (no hang on the FIFO, no device opened), and the broker serves everyone, that process included.
+#[test]
+fn a_table_its_owner_scribbled_on_hurts_only_its_owner() {
+    use shalloc_protocol::segment::{self, State};
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let env = TestEnv::new();
+    shalloc::broker_pid().unwrap();
+    let fifo = env.dir.join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    let (mut from_child, mut to_parent) = common::pipe();
+    let (mut release_r, release_w) = common::pipe();
+    let release_w_fd = std::os::fd::AsRawFd::as_raw_fd(&release_w);
+    let child = common::fork(move || {
+        // SAFETY: closes this child's copy of the parent's write end, which it never uses.
+        unsafe { libc::close(release_w_fd) };
+        let me = Pid::current();
+        let good = shalloc::alloc(b"the owner's real block", me).unwrap();
+        let base = own_segment();
+        // SAFETY: the header's first word is the capacity, written by the broker.
+        let capacity = unsafe { (*base).load(Ordering::Acquire) } as usize;
+        let file = std::fs::File::open("/proc/self/exe").unwrap();
+        let fifo = rustix::fs::open(
+            &fifo,
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::NONBLOCK,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        let (pipe_r, _pipe_w) = rustix::pipe::pipe().unwrap();
+        let unsealed = rustix::fs::memfd_create("unsealed", MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&unsealed, 4096).unwrap();
+        use std::os::fd::AsRawFd;
+        let fds = [
+            file.as_raw_fd() as u32,
+            fifo.as_raw_fd() as u32,
+            pipe_r.as_raw_fd() as u32,
+            unsealed.as_raw_fd() as u32,
+            999_999,
+        ];
+        let mut forged = Vec::new();
+        let mut value = good.as_raw() + 4 * 1000;
+        let mut write = |state: &dyn Fn(u32) -> State| {
+            value += 4;
+            let slot = segment::slot_of(value, capacity).unwrap();
+            let word = (segment::HEADER_BYTES + slot * segment::SLOT_BYTES) / 8;
+            // SAFETY: `slot` is below the capacity, so the word is inside our segment mapping.
+            unsafe { (*base.add(word)).store(state(value).encode(), Ordering::Release) };
+            forged.push(value);
+        };
+        for fd in fds {
+            write(&|handle| State::Live { handle, fd });
+        }
+        write(&|handle| State::Pending { handle });
+        write(&|handle| State::Garbage((u64::from(handle) << 32) | 3));
+        for v in forged.iter().copied().chain([good.as_raw()]) {
+            to_parent.write_all(&v.to_le_bytes()).unwrap();
+        }
+        to_parent.write_all(&0u32.to_le_bytes()).unwrap();
+        let mut wait = [0u8; 1];
+        let _ = release_r.read(&mut wait);
+        // Our own calls still work, on the forged slots too (they are ours to break).
+        assert_eq!(
+            shalloc::lock(good, me).unwrap().to_vec(),
+            b"the owner's real block"
+        );
+        let again = shalloc::alloc(b"again", me).unwrap();
+        shalloc::free(again, me).unwrap();
+        drop((file, fifo, unsealed));
+        0
+    });
+    let mut values = Vec::new();
+    loop {
+        let mut v = [0u8; 4];
+        from_child.read_exact(&mut v).unwrap();
+        match u32::from_le_bytes(v) {
+            0 => break,
+            v => values.push(v),
+        }
+    }
+    let good = values.pop().unwrap();
+    let owner = Pid::from_raw(child as u32);
+    for v in values {
+        let h = shalloc::Handle::from_raw(v).unwrap();
+        let started = Instant::now();
+        match shalloc::lock(h, owner) {
+            Err(shalloc::Error::InvalidHandle { .. }) => {}
+            other => panic!(
+                "forged handle {v:#x}: {:?}",
+                other.map(|view| view.to_vec())
+            ),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{v:#x} took {:?}",
+            started.elapsed()
+        );
+        assert!(matches!(
+            shalloc::map_handle(h, owner, Pid::current()),
+            Err(shalloc::Error::InvalidHandle { .. })
+        ));
+    }
+    let good = shalloc::Handle::from_raw(good).unwrap();
+    assert_eq!(
+        shalloc::lock(good, owner).unwrap().to_vec(),
+        b"the owner's real block"
+    );
+    still_serving();
+    drop(release_w);
+    assert_eq!(common::wait_exit(child, Duration::from_secs(10)), 0);
+}
