@@ -1,6 +1,14 @@
 //! The shalloc broker: the one process that outlives its clients and keeps every process's handle
 //! table, as wineserver does for Wine.
 //!
+//! Each table is a segment of shared memory ([`shalloc_protocol::segment`]) that the broker makes
+//! and the table's process maps once it attaches. That process changes its own table itself and
+//! holds the blocks in it; the broker serves everyone else's calls on the table by the same
+//! compare-and-swap, opening a block again from the owner's descriptor (`/proc/<pid>/fd`) when
+//! another process locks it. It holds a block itself only while the table's owner has not taken it
+//! (a block another process put there), which is what its descriptor limit and the user's total
+//! count.
+//!
 //! It is per user and per PID namespace, listens on a `SOCK_SEQPACKET` socket in a private runtime
 //! directory (see [`shalloc_protocol::rendezvous`]), and serves from a single-threaded epoll loop.
 //! It never sees a block's bytes: clients create and fill memfds themselves and the broker moves
@@ -36,8 +44,10 @@ pub const DEFAULT_MAX_BLOCK: u64 = u32::MAX as u64;
 /// The default limit of handles in one process's table.
 pub const DEFAULT_MAX_HANDLES_PER_TABLE: usize = 65_536;
 
-/// The default limit of handles over all tables (the user's total); the broker's open-file limit
-/// caps it too, since every block costs the broker one descriptor.
+/// The default limit of blocks the broker holds over all tables (the user's total of handles put
+/// into tables whose owners have not taken them); the broker's open-file limit caps it too, since
+/// each costs the broker one descriptor. Handles a process keeps in its own table cost the broker
+/// nothing and count against the table's limit and the process's own descriptors.
 pub const DEFAULT_MAX_HANDLES: usize = 1 << 20;
 
 /// What the broker allows. Past a limit, a request fails with a clear error (block too large:
@@ -49,7 +59,8 @@ pub struct Limits {
     pub max_block: u64,
     /// The most handles one process's table may hold.
     pub max_handles_per_table: usize,
-    /// The most handles all tables together may hold.
+    /// The most blocks the broker holds for all tables together (handles whose owner has not taken
+    /// them).
     pub max_handles: usize,
 }
 

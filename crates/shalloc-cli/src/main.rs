@@ -99,8 +99,8 @@ enum Command {
         /// The most handles one process's table may hold.
         #[arg(long, value_name = "N", env = "SHALLOC_MAX_HANDLES_PER_TABLE", default_value_t = shalloc_broker::DEFAULT_MAX_HANDLES_PER_TABLE)]
         max_handles_per_table: usize,
-        /// The most handles all tables together may hold (the user's total); the broker's open-file
-        /// limit caps it too.
+        /// The most blocks the broker itself holds, over all tables (the user's total of handles
+        /// put into tables whose owners have not taken them); its open-file limit caps it too.
         #[arg(long, value_name = "N", env = "SHALLOC_MAX_HANDLES", default_value_t = shalloc_broker::DEFAULT_MAX_HANDLES)]
         max_handles: usize,
         /// Exit after SECS with no clients and no tables (clients that start a broker ask for this).

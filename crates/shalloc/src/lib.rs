@@ -50,11 +50,19 @@
 //! # How it works
 //!
 //! A block is a memfd the allocating process creates, fills and seals (it can never shrink or grow,
-//! so no reader can be made to `SIGBUS`). A per-user **broker** keeps every process's table, as
-//! wineserver does for Wine; the library starts it on demand (`shalloc broker` runs it in the
-//! foreground). The broker moves only descriptors, never bytes, and learns who is calling from the
-//! kernel. A process may touch another's table when ptrace would let it read that process: same
-//! user, and the target is dumpable.
+//! so no reader can be made to `SIGBUS`). Each process's handle table is a small segment of shared
+//! memory that the process and a per-user **broker** both map (as wineserver keeps tables for
+//! Wine); the library starts the broker on demand (`shalloc broker` runs it in the foreground).
+//! A process holds the blocks of its own table itself, so its calls on its own table — alloc into
+//! it, lock, unlock, free — need no round trip; calls on another process's table go to the broker,
+//! which changes the same words by compare-and-swap (of two racing frees, exactly one wins). The
+//! broker moves only descriptors, never bytes, and learns who is calling from the kernel. A process
+//! may touch another's table when ptrace would let it read that process: same user, and the
+//! target is dumpable.
+//!
+//! Each handle in a process's own table costs that process one descriptor (counted against its
+//! `RLIMIT_NOFILE`; a full descriptor table gives [`Error::TooManyHandles`]). A handle another
+//! process freed in our table has its descriptor closed by our next shalloc call.
 //!
 //! # Memory that others can write
 //!

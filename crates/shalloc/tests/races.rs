@@ -94,23 +94,38 @@ fn handle(raw: u64) -> Handle {
 
 const ROUNDS: u64 = 5_000;
 
+/// Starts the broker and forks the other process, which runs `each` for every round as soon as
+/// this process opens it (`ROUND`), then marks it done (`DONE`). Returns the shared words and the
+/// child's pid.
+fn partner(rounds: u64, each: impl Fn(Shared, u64)) -> (Shared, libc::pid_t) {
+    shalloc::broker_pid().unwrap();
+    let s = Shared::new();
+    let child = common::fork(move || {
+        for round in 0..rounds {
+            s.wait_for(ROUND, round + 1);
+            each(s, round);
+            s.set(DONE, round + 1);
+        }
+        0
+    });
+    (s, child)
+}
+
+/// Waits for the partner to finish all its rounds and exit cleanly.
+fn finish(child: libc::pid_t) {
+    assert_eq!(common::wait_exit(child, Duration::from_secs(20)), 0);
+}
+
 #[test]
 fn of_a_local_and_a_remote_free_of_one_handle_exactly_one_succeeds() {
     let _env = TestEnv::new();
     let me = Pid::current();
-    shalloc::broker_pid().unwrap();
-    let s = Shared::new();
-    let child = common::fork(move || {
-        for round in 0..ROUNDS {
-            s.wait_for(ROUND, round + 1);
-            let ok = shalloc::free(handle(s.get(HANDLE)), me);
-            s.set(RESULT, if ok.is_ok() { 2 } else { 1 });
-            if let Err(e) = ok {
-                assert!(matches!(e, Error::InvalidHandle { .. }), "{e:?}");
-            }
-            s.set(DONE, round + 1);
+    let (s, child) = partner(ROUNDS, move |s, _| {
+        let ok = shalloc::free(handle(s.get(HANDLE)), me);
+        s.set(RESULT, if ok.is_ok() { 2 } else { 1 });
+        if let Err(e) = ok {
+            assert!(matches!(e, Error::InvalidHandle { .. }), "{e:?}");
         }
-        0
     });
     let (mut ours, mut theirs) = (0, 0);
     for round in 0..ROUNDS {
@@ -137,7 +152,7 @@ fn of_a_local_and_a_remote_free_of_one_handle_exactly_one_succeeds() {
             Err(Error::InvalidHandle { .. })
         ));
     }
-    assert_eq!(common::wait_exit(child, Duration::from_secs(20)), 0);
+    finish(child);
     eprintln!("{ROUNDS} rounds: the owner's free won {ours}, the other process's {theirs}");
     assert!(
         ours > 0 && theirs > 0,
@@ -149,16 +164,9 @@ fn of_a_local_and_a_remote_free_of_one_handle_exactly_one_succeeds() {
 fn a_lock_that_starts_after_a_remote_free_returned_fails() {
     let _env = TestEnv::new();
     let me = Pid::current();
-    shalloc::broker_pid().unwrap();
-    let s = Shared::new();
-    let child = common::fork(move || {
-        for round in 0..ROUNDS {
-            s.wait_for(ROUND, round + 1);
-            shalloc::free(handle(s.get(HANDLE)), me).unwrap();
-            s.set(AT_NS, now_ns());
-            s.set(DONE, round + 1);
-        }
-        0
+    let (s, child) = partner(ROUNDS, move |s, _| {
+        shalloc::free(handle(s.get(HANDLE)), me).unwrap();
+        s.set(AT_NS, now_ns());
     });
     let (mut locked, mut refused) = (0, 0);
     for round in 0..ROUNDS {
@@ -184,7 +192,7 @@ fn a_lock_that_starts_after_a_remote_free_returned_fails() {
             Err(e) => panic!("round {round}: {e:?}"),
         }
     }
-    assert_eq!(common::wait_exit(child, Duration::from_secs(20)), 0);
+    finish(child);
     eprintln!("{ROUNDS} rounds: {locked} locks came first, {refused} came after the free");
     assert!(
         locked > 0 && refused > 0,
@@ -196,18 +204,11 @@ fn a_lock_that_starts_after_a_remote_free_returned_fails() {
 fn a_block_another_process_puts_in_our_table_is_ours_at_once_while_we_churn_our_own() {
     let _env = TestEnv::new();
     let me = Pid::current();
-    shalloc::broker_pid().unwrap();
-    let s = Shared::new();
     let rounds: u64 = 3_000;
-    let child = common::fork(move || {
-        for round in 0..rounds {
-            s.wait_for(ROUND, round + 1);
-            jitter(round);
-            let h = shalloc::alloc(&bytes_of(round), me).unwrap();
-            s.set(HANDLE, u64::from(h.as_raw()));
-            s.set(DONE, round + 1);
-        }
-        0
+    let (s, child) = partner(rounds, move |s, round| {
+        jitter(round);
+        let h = shalloc::alloc(&bytes_of(round), me).unwrap();
+        s.set(HANDLE, u64::from(h.as_raw()));
     });
     let mut churned = 0u64;
     for round in 0..rounds {
@@ -225,7 +226,7 @@ fn a_block_another_process_puts_in_our_table_is_ours_at_once_while_we_churn_our_
         shalloc::free(h, me).unwrap();
         assert!(shalloc::free(h, me).is_err(), "a second free succeeded");
     }
-    assert_eq!(common::wait_exit(child, Duration::from_secs(20)), 0);
+    finish(child);
     eprintln!("{rounds} rounds, {churned} own allocations and frees beside them");
     let listing = shalloc::admin::listing(false).unwrap().unwrap();
     assert_eq!(listing.broker.handles, 0, "{listing:?}");

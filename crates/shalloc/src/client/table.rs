@@ -120,19 +120,22 @@ impl OwnTable {
                 .swap(slot, State::Pending { handle }, live)
                 .is_ok()
             {
-                self.held.insert(
-                    handle,
-                    Held {
-                        fd,
-                        size,
-                        frozen,
-                        slot,
-                    },
-                );
+                self.keep(handle, fd, size, frozen, slot);
                 // Lets the broker close its copy; if this is lost, it only keeps it longer.
                 let _ = conn.notify(&Request::Adopted { handle });
             }
         }
+    }
+
+    /// Records a block whose slot was just made `Live` with its descriptor.
+    fn keep(&mut self, handle: u32, fd: OwnedFd, size: u64, frozen: bool, slot: usize) {
+        let held = Held {
+            fd,
+            size,
+            frozen,
+            slot,
+        };
+        self.held.insert(handle, held);
     }
 
     /// Closes the descriptors of handles the broker freed since we last looked.
@@ -193,15 +196,7 @@ impl OwnTable {
                 let Some(fd) = fd.take() else {
                     return Err(protocol("no block to insert").into());
                 };
-                self.held.insert(
-                    handle,
-                    Held {
-                        fd,
-                        size,
-                        frozen,
-                        slot,
-                    },
-                );
+                self.keep(handle, fd, size, frozen, slot);
                 return Ok(Handle::from_raw(handle).ok_or_else(|| protocol("handle value 0"))?);
             }
         }
