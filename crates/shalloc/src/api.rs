@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 use shalloc_protocol::wire::{Reply, Request};
 
 use crate::block::{Contents, SealedBlock};
-use crate::client::{self, Failed, table::Lookup};
+use crate::client::{self, table::Lookup};
 use crate::error::{Error, Result};
 use crate::ids::{Handle, Pid};
 use crate::view::View;
@@ -279,12 +279,8 @@ pub fn map_handle(handle: Handle, from: Pid, to: Pid) -> Result<Handle> {
             Lookup::Closed => return Err(not_open(handle, from).into()),
         };
         if to == from {
-            let mut dup = Some(fd.try_clone_to_owned().map_err(|e| {
-                Failed::Refused(Error::os(
-                    "dup",
-                    rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO),
-                ))
-            })?);
+            let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| Error::os("dup", e))?;
+            let mut dup = Some(dup);
             return table.insert(conn, &mut dup, size, frozen, deadline);
         }
         let alloc = Request::Alloc {

@@ -40,9 +40,6 @@ pub(crate) enum ConnectError {
 #[derive(Debug)]
 pub(crate) struct Connection {
     sock: OwnedFd,
-    /// The process that opened it: after `fork`, a child must not use its parent's connection,
-    /// whose peer credentials name the parent.
-    pub owner_pid: u32,
     next_id: u32,
     /// The broker's pid, from its greeting.
     pub broker_pid: u32,
@@ -67,7 +64,6 @@ impl Connection {
         .map_err(|e| ConnectError::Failed(format!("setting the send timeout: {e}")))?;
         let mut conn = Connection {
             sock,
-            owner_pid: std::process::id(),
             next_id: 1,
             broker_pid: 0,
             max_block: 0,
@@ -143,8 +139,7 @@ impl Connection {
     pub fn drain(&mut self) -> Result<(), CallError> {
         loop {
             match self.receive_one(UNASKED_ID) {
-                Ok(Some(_)) => {}
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(CallError::Timeout) => return Ok(()),
                 Err(e) => return Err(e),
             }

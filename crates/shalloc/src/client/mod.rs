@@ -182,7 +182,6 @@ fn with_client<T>(
     mut f: impl FnMut(&mut Connection, Option<&mut OwnTable>) -> Result<T, Failed>,
 ) -> Result<T> {
     fork::register();
-    let me = std::process::id();
     for attempt in 0..2 {
         let mut guard = lock_client();
         guard.forget_inherited();
@@ -193,7 +192,7 @@ fn with_client<T>(
             let conn = establish(deadline)?;
             guard = lock_client();
             guard.forget_inherited();
-            if guard.conn.as_ref().is_none_or(|c| c.owner_pid != me) {
+            if guard.conn.is_none() {
                 guard.conn = Some(conn);
             }
         }
@@ -212,15 +211,14 @@ fn with_client<T>(
                 }
             }
         }
-        let outcome = match result {
-            Ok(()) => {
-                if let (true, Some(table)) = (conn.attached, client.table.as_mut()) {
-                    table.adopt(conn);
-                }
+        client.settle();
+        let outcome = match (result, client.conn.as_mut()) {
+            (Ok(()), Some(conn)) => {
                 let table = if own { client.table.as_mut() } else { None };
                 f(conn, table)
             }
-            Err(e) => Err(Failed::Call(e)),
+            (Ok(()), None) => continue,
+            (Err(e), _) => Err(Failed::Call(e)),
         };
         client.settle();
         match outcome {
@@ -249,10 +247,9 @@ fn with_client<T>(
 /// Runs `f` on the own table (and the connection, for the rare call it needs: a new lease of
 /// handle values, or a block the broker still holds), connecting and attaching first as needed.
 pub(crate) fn with_table<T>(
-    f: impl FnMut(&mut Connection, &mut OwnTable, Instant) -> Result<T, Failed>,
+    mut f: impl FnMut(&mut Connection, &mut OwnTable, Instant) -> Result<T, Failed>,
 ) -> Result<T> {
     let deadline = Instant::now() + timeout();
-    let mut f = f;
     with_client(deadline, true, |conn, table| match table {
         Some(table) => f(conn, table, deadline),
         None => Err(Failed::Call(CallError::Protocol("no own table".into()))),
