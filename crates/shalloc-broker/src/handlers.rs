@@ -17,6 +17,11 @@ use crate::state::Broker;
 use crate::tables::{PutError, Table};
 use shalloc_protocol::segment::State;
 
+/// How long the broker waits for an owner that is taking a block off a channel to put it in its
+/// slot (it takes microseconds; an owner stopped in between only delays answers about its own
+/// table, by this much).
+const RECEIVING_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// What a handler produced: a reply, and the descriptor that travels with it, if any.
 pub(crate) type Answer = Result<(Reply, Option<OwnedFd>), Failure>;
 
@@ -122,7 +127,9 @@ impl Broker {
     ) -> Result<Rc<Block>, Failure> {
         let max = self.config.limits.max_block;
         let invalid = || Failure::invalid_handle(handle, owner);
-        let table = self.table(caller, owner, false)?.ok_or_else(invalid)?;
+        self.table(caller, owner, false)?.ok_or_else(invalid)?;
+        self.settle_reserved(owner, handle);
+        let table = self.tables.live(owner).ok_or_else(invalid)?;
         let (slot, state) = table.find(handle).ok_or_else(invalid)?;
         if let Some(block) = table.pending.get(&handle) {
             return Ok(Rc::clone(block));
@@ -166,7 +173,9 @@ impl Broker {
     /// frees exactly one succeeds.
     pub(crate) fn free(&mut self, caller: &Process, handle: u32, owner: u32) -> Answer {
         let invalid = || Failure::invalid_handle(handle, owner);
-        let table = self.table(caller, owner, false)?.ok_or_else(invalid)?;
+        self.table(caller, owner, false)?.ok_or_else(invalid)?;
+        self.settle_reserved(owner, handle);
+        let table = self.tables.live(owner).ok_or_else(invalid)?;
         // The owner may move the slot from Pending to Live under us (it took the block): look again.
         let mut closed = None;
         for _ in 0..3 {
@@ -229,6 +238,115 @@ impl Broker {
         plain(Reply::Lease { start, count })
     }
 
+    /// `LeaseInto`: values of `target`'s table for the caller to fill over a channel. Refused
+    /// (the caller then allocates through the broker) unless the caller may put blocks into that
+    /// table, its owner attached it, and the owner was told of the lease before the caller is.
+    pub(crate) fn lease_into(&mut self, caller: &Process, token: u64, target: u32) -> Answer {
+        if target == caller.pid {
+            return Err(Failure::invalid_block(
+                "a process leases values of its own table with Lease",
+            ));
+        }
+        let not_attached = || {
+            Failure::no_resources(format!(
+                "process {target} has not attached its table: allocate through the broker"
+            ))
+        };
+        let table = self.table(caller, target, false)?.ok_or_else(not_attached)?;
+        if table.attached.is_none() {
+            return Err(not_attached());
+        }
+        let k = self
+            .tables
+            .channel(target, caller.pid, token)
+            .map_err(|e| Failure::no_resources(format!("cannot make a channel: {e}")))?;
+        let (start, count, mask) = self.tables.reserve(target, k).ok_or_else(|| {
+            Failure::no_resources(format!("no handle values of process {target} to lease"))
+        })?;
+        let told = self.tables.get(target).and_then(|t| {
+            let channel = t.channels.get(&k)?;
+            let recv = channel.recv.try_clone().ok()?;
+            let send = channel.send.try_clone().ok()?;
+            Some((recv, send))
+        });
+        let leased = Reply::Leased {
+            channel: k,
+            start,
+            count,
+            mask,
+        };
+        let values = shalloc_protocol::wire::lease_values(start, mask);
+        let Some((recv, send)) =
+            told.filter(|(recv, _)| self.tell_owner(target, &leased, Some(recv)))
+        else {
+            self.tables.unreserve(target, k, values);
+            return Err(not_attached());
+        };
+        drop(recv);
+        Ok((Reply::Granted { start, count, mask }, Some(send)))
+    }
+
+    /// Takes the blocks waiting on the channel whose reserved slot `handle` is, so that a request
+    /// about it sees what its sender already sent. If the owner is taking a block off a channel at
+    /// this moment, waits (at most a few milliseconds) for it to put the block in its slot.
+    fn settle_reserved(&mut self, owner: u32, handle: u32) {
+        let Some(table) = self.tables.live(owner) else {
+            return;
+        };
+        let Some(slot) = shalloc_protocol::segment::slot_of(handle, table.segment.capacity())
+        else {
+            return;
+        };
+        let State::Reserved { channel: k, .. } = table.segment.state(slot) else {
+            return;
+        };
+        let reserved = State::Reserved { handle, channel: k };
+        let give_up = std::time::Instant::now() + RECEIVING_WAIT;
+        loop {
+            self.take_deliveries(owner, k);
+            let Some(table) = self.tables.live(owner) else {
+                return;
+            };
+            if table.segment.state(slot) != reserved
+                || !table.segment.receiving()
+                || std::time::Instant::now() > give_up
+            {
+                return;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Takes every block waiting on channel `k` of `owner`'s table, and queues them for the owner.
+    pub(crate) fn take_deliveries(&mut self, owner: u32, k: u32) {
+        let max = self.config.limits.max_block;
+        for (handle, block) in self.tables.take_deliveries(owner, k, max) {
+            self.outbox.push((owner, handle, block));
+        }
+    }
+
+    /// Ends channel `k` of `owner`'s table (its sender's connection closed): takes what is left on
+    /// it, empties the values it did not use (once the owner is not taking a block off it), and
+    /// tells the owner.
+    pub(crate) fn end_channel(&mut self, owner: u32, k: u32) {
+        let give_up = std::time::Instant::now() + RECEIVING_WAIT;
+        loop {
+            self.take_deliveries(owner, k);
+            let busy = self
+                .tables
+                .get(owner)
+                .is_some_and(|t| t.segment.receiving());
+            if !busy || std::time::Instant::now() > give_up {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        let values = self.tables.remove_channel(owner, k);
+        self.tables.unreserve(owner, k, values);
+        let recv = None;
+        self.tell_owner(owner, &Reply::Unleased { channel: k }, recv);
+    }
+
     /// The `Adopted` notice: the owner took `handle`'s block; close the broker's copy once the slot
     /// shows it (a notice alone proves nothing).
     pub(crate) fn adopted(&mut self, caller: &Process, handle: u32) {
@@ -254,6 +372,9 @@ impl Broker {
     /// `List`: describe the broker and its tables, in a sealed memfd.
     pub(crate) fn list(&mut self, caller: &Process, verbose: bool) -> Answer {
         process::check_caller(caller, self.uid)?;
+        for (owner, k) in self.tables.all_channels() {
+            self.take_deliveries(owner, k);
+        }
         let text = crate::listing::describe(self, verbose).encode();
         let fd = crate::listing::sealed_memfd(text.as_bytes())
             .map_err(|e| Failure::no_resources(format!("cannot make the listing: {e}")))?;

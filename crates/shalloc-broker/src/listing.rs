@@ -15,8 +15,8 @@ use crate::state::Broker;
 fn seal_names(block: Option<&Rc<Block>>, frozen: bool) -> Vec<String> {
     let seals = match block {
         Some(block) => rustix::fs::fcntl_get_seals(&block.fd).unwrap_or(SealFlags::empty()),
-        None if frozen => crate::block::REQUIRED_SEALS | SealFlags::WRITE,
-        None => crate::block::REQUIRED_SEALS,
+        None if frozen => shalloc_protocol::block::REQUIRED_SEALS | SealFlags::WRITE,
+        None => shalloc_protocol::block::REQUIRED_SEALS,
     };
     [
         (SealFlags::SHRINK, "shrink"),

@@ -320,6 +320,13 @@ impl Broker {
                 break;
             }
         }
+        if verdict.is_some() {
+            // The connection ends, and with it the channels leased through it.
+            for (owner, k) in self.tables.channels_of(token) {
+                self.end_channel(owner, k);
+            }
+            self.deliver(None);
+        }
         match verdict {
             None => {
                 self.connections.insert(token, conn);
@@ -394,6 +401,7 @@ impl Broker {
             Request::List { verbose } => self.list(peer, verbose),
             Request::Attach => self.attach(peer, token),
             Request::Lease => self.lease(peer),
+            Request::LeaseInto { target } => self.lease_into(peer, token, target),
             Request::Adopted { handle } => {
                 self.adopted(peer, handle);
                 self.stats.record(name, true);
@@ -401,7 +409,7 @@ impl Broker {
             }
         };
         self.stats.record(name, result.is_ok());
-        self.deliver(conn, token);
+        self.deliver(Some((conn, token)));
         let (reply, fd) = result.unwrap_or_else(|failure| {
             log!(
                 self.log,
@@ -420,15 +428,14 @@ impl Broker {
     /// Sends every block in the outbox to its table's owner, if the owner attached and its
     /// connection is open. A send that fails (the owner does not read) is not an error: the block
     /// stays `Pending` in the broker's keeping, and the owner gets it by locking the handle.
-    fn deliver(&mut self, current: &Connection, token: u64) {
+    fn deliver(&mut self, current: Option<(&Connection, u64)>) {
         for (pid, handle, block) in std::mem::take(&mut self.outbox) {
             let Some(to) = self.tables.get(pid).and_then(|t| t.attached) else {
                 continue;
             };
-            let conn = if to == token {
-                Some(current)
-            } else {
-                self.connections.get(&to)
+            let conn = match current {
+                Some((current, token)) if to == token => Some(current),
+                _ => self.connections.get(&to),
             };
             let Some(conn) = conn.filter(|c| c.peer.pid == pid) else {
                 continue;
@@ -447,6 +454,27 @@ impl Broker {
                 );
             }
         }
+    }
+}
+
+impl Broker {
+    /// Sends `message` (with `fd`) unasked to the connection `pid`'s table is attached through,
+    /// without waiting: whether it was sent. The connection being served is not reachable here, so
+    /// this is only for messages to another process.
+    pub(crate) fn tell_owner(
+        &self,
+        pid: u32,
+        message: &Reply,
+        fd: Option<&OwnedFd>,
+    ) -> bool {
+        let Some(to) = self.tables.get(pid).and_then(|t| t.attached) else {
+            return false;
+        };
+        let Some(conn) = self.connections.get(&to).filter(|c| c.peer.pid == pid) else {
+            return false;
+        };
+        let frame = message.encode(shalloc_protocol::wire::UNASKED_ID);
+        transport::send(conn.sock.as_fd(), &frame, fd.map(|f| f.as_fd()), true).is_ok()
     }
 }
 

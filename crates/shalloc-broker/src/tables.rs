@@ -5,6 +5,9 @@
 //! one the broker sent it) and `Pending` when the broker holds it (another process put it there
 //! and the owner has not taken it yet, or never attached). Only `Pending` blocks cost the broker a
 //! descriptor; they are what the user's total and the descriptor limit count.
+//!
+//! A table also has the *channels* other processes send blocks into it by (see
+//! [`shalloc_protocol::channel`]): `Reserved` slots name the channel whose sender may fill them.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -22,6 +25,33 @@ use crate::process::Process;
 const FIRST_LEASE: u32 = 16;
 const MAX_LEASE: u32 = 4096;
 
+/// The first lease of values of another process's table (doubling up to [`MAX_CHANNEL_LEASE`],
+/// the most one frame can carry).
+const FIRST_CHANNEL_LEASE: u32 = 8;
+const MAX_CHANNEL_LEASE: u32 = 64;
+/// The most values a channel may hold reserved at once: a sender whose blocks its receiver does
+/// not take gets no more (and falls back to the broker).
+const MAX_CHANNEL_RESERVED: usize = 512;
+
+/// A channel into a table: who sends on it, and the values leased to it.
+#[derive(Debug)]
+pub(crate) struct Channel {
+    /// The sending process.
+    pub leaser: u32,
+    /// The connection (event token) it was leased through: the channel ends with it.
+    pub token: u64,
+    /// The broker's sending end, kept to hand out again with each lease.
+    pub send: OwnedFd,
+    /// The broker's receiving end, to take blocks off before serving a request about them.
+    pub recv: OwnedFd,
+    /// Values leased on this channel that may still be `Reserved`.
+    values: Vec<u32>,
+    next_run: u32,
+}
+
+/// A block taken off a channel: (handle, block).
+pub(crate) type Taken = (u32, Rc<Block>);
+
 /// One process's table.
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -34,6 +64,9 @@ pub(crate) struct Table {
     /// The connection (its event token) its owner attached through, if it did.
     pub attached: Option<u64>,
     next_lease: u32,
+    /// Channels into this table, by number.
+    pub channels: HashMap<u32, Channel>,
+    next_channel: u32,
 }
 
 impl Table {
@@ -151,6 +184,8 @@ impl Tables {
             pending: HashMap::new(),
             attached: None,
             next_lease: FIRST_LEASE,
+            channels: HashMap::new(),
+            next_channel: 1,
         }))
     }
 
@@ -183,6 +218,156 @@ impl Tables {
         let run = self.values.take_run(table.next_lease)?;
         table.next_lease = (table.next_lease * 2).min(MAX_LEASE);
         Some(run)
+    }
+
+    /// The channel into `pid`'s table that `leaser` leases through connection `token`, made if
+    /// there is none: its number.
+    pub fn channel(&mut self, pid: u32, leaser: u32, token: u64) -> std::io::Result<u32> {
+        let table = self.by_pid.get_mut(&pid).ok_or(std::io::ErrorKind::NotFound)?;
+        if let Some((&k, _)) = table
+            .channels
+            .iter()
+            .find(|(_, c)| c.leaser == leaser && c.token == token)
+        {
+            return Ok(k);
+        }
+        let mut k = table.next_channel;
+        while k == 0 || table.channels.contains_key(&k) || !State::fd_fits(k) {
+            k = if State::fd_fits(k + 1) { k + 1 } else { 1 };
+        }
+        table.next_channel = k + 1;
+        let (send, recv) = shalloc_protocol::channel::pair()?;
+        table.channels.insert(
+            k,
+            Channel {
+                leaser,
+                token,
+                send,
+                recv,
+                values: Vec::new(),
+                next_run: FIRST_CHANNEL_LEASE,
+            },
+        );
+        Ok(k)
+    }
+
+    /// Reserves a run of values of `pid`'s table for channel `k`: `(start, count, mask)`, `None`
+    /// when none could be (the table is full, or the channel holds enough unused values).
+    pub fn reserve(&mut self, pid: u32, k: u32) -> Option<(u32, u32, u64)> {
+        let table = self.by_pid.get_mut(&pid)?;
+        let segment = &table.segment;
+        let channel = table.channels.get_mut(&k)?;
+        channel.values.retain(|&handle| {
+            let slot = segment::slot_of(handle, segment.capacity());
+            slot.is_some_and(|s| segment.state(s) == State::Reserved { handle, channel: k })
+        });
+        if channel.values.len() >= MAX_CHANNEL_RESERVED {
+            return None;
+        }
+        let (start, count) = self.values.take_run(channel.next_run)?;
+        channel.next_run = (channel.next_run * 2).min(MAX_CHANNEL_LEASE);
+        let mut mask = 0u64;
+        for (i, handle) in shalloc_protocol::wire::lease_values(start, u64::MAX)
+            .take(count as usize)
+            .enumerate()
+        {
+            let Some(slot) = segment::slot_of(handle, segment.capacity()) else {
+                continue;
+            };
+            let reserved = State::Reserved { handle, channel: k };
+            if segment.swap(slot, State::Empty, reserved).is_ok() {
+                mask |= 1 << i;
+                channel.values.push(handle);
+            }
+        }
+        (mask != 0).then_some((start, count, mask))
+    }
+
+    /// Empties the slots of `values` that are still reserved for channel `k` of `pid`'s table.
+    pub fn unreserve(&mut self, pid: u32, k: u32, values: impl IntoIterator<Item = u32>) {
+        let Some(table) = self.by_pid.get_mut(&pid) else {
+            return;
+        };
+        for handle in values {
+            if let Some(slot) = segment::slot_of(handle, table.segment.capacity()) {
+                let reserved = State::Reserved { handle, channel: k };
+                let _ = table.segment.swap(slot, reserved, State::Empty);
+            }
+        }
+    }
+
+    /// Takes every block waiting on channel `k` of `pid`'s table into the broker's keeping (each
+    /// checked, and only into a slot reserved for that channel): the blocks taken, for their owner.
+    pub fn take_deliveries(&mut self, pid: u32, k: u32, max_block: u64) -> Vec<Taken> {
+        use shalloc_protocol::channel::{self, Taken as Took};
+        let mut taken = Vec::new();
+        let Some(table) = self.by_pid.get_mut(&pid) else {
+            return taken;
+        };
+        let Some(channel) = table.channels.get(&k) else {
+            return taken;
+        };
+        loop {
+            let (delivery, fd) = match channel::take(std::os::fd::AsFd::as_fd(&channel.recv)) {
+                Took::Block(delivery, fd) => (delivery, fd),
+                Took::Malformed => continue,
+                Took::Empty | Took::Finished => break,
+            };
+            let Ok(block) = Block::accept(fd, delivery.size, max_block) else {
+                continue;
+            };
+            let handle = delivery.handle;
+            let Some(slot) = segment::slot_of(handle, table.segment.capacity()) else {
+                continue;
+            };
+            let reserved = State::Reserved { handle, channel: k };
+            if table.segment.state(slot) != reserved {
+                continue;
+            }
+            table.segment.set_info(slot, block.size, block.frozen);
+            if table
+                .segment
+                .swap(slot, reserved, State::Pending { handle })
+                .is_ok()
+            {
+                let block = Rc::new(block);
+                table.pending.insert(handle, Rc::clone(&block));
+                self.pending_total += 1;
+                taken.push((handle, block));
+            }
+        }
+        taken
+    }
+
+    /// Removes channel `k` from `pid`'s table: the values it may still hold reserved.
+    pub fn remove_channel(&mut self, pid: u32, k: u32) -> Vec<u32> {
+        self.by_pid
+            .get_mut(&pid)
+            .and_then(|t| t.channels.remove(&k))
+            .map(|c| c.values)
+            .unwrap_or_default()
+    }
+
+    /// Every (table, channel) pair whose channel was leased through connection `token`.
+    pub fn channels_of(&self, token: u64) -> Vec<(u32, u32)> {
+        let mut found = Vec::new();
+        for (&pid, table) in &self.by_pid {
+            for (&k, channel) in &table.channels {
+                if channel.token == token {
+                    found.push((pid, k));
+                }
+            }
+        }
+        found
+    }
+
+    /// Every (table, channel) pair.
+    pub fn all_channels(&self) -> Vec<(u32, u32)> {
+        let mut found = Vec::new();
+        for (&pid, table) in &self.by_pid {
+            found.extend(table.channels.keys().map(|&k| (pid, k)));
+        }
+        found
     }
 
     /// Forgets the broker's copy of `handle`'s block in `pid`'s table, if it has one.

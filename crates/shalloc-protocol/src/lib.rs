@@ -10,11 +10,16 @@
 //!   on every send).
 //! - [`segment`]: a process's handle table in shared memory, which the process and the broker
 //!   change by compare-and-swap, so a process's calls on its own table need no round trip.
+//! - [`channel`]: how a process sends blocks into another process's table itself, over a socket
+//!   pair the broker set up, with handle values the broker leased it.
+//! - [`block`]: what a descriptor must be before anyone takes it as a block.
 //! - [`codes`]: the Win32 error codes both sides speak in.
 //! - [`listing`]: the broker's description of itself and its tables, for `shalloc ls`.
 //!
 //! The block's bytes never cross the socket: only these frames and memfd descriptors do.
 
+pub mod block;
+pub mod channel;
 pub mod codes;
 pub mod listing;
 pub mod rendezvous;

@@ -9,11 +9,18 @@
 //! swaps the word away from `Live`, so exactly one succeeds.
 //!
 //! ```text
-//! offset 0:   header  capacity u64 | remote frees u64 | 48 bytes reserved (0)
+//! offset 0:   header  capacity u64 | remote frees u64 | owner receiving u64 | 40 bytes (0)
 //! offset 64:  slot i (16 bytes each): state u64 | info u64
-//! state:      handle u32 (high half) | descriptor u30 | status u2     (0 = empty)
+//! state:      handle u32 (high half) | descriptor or channel u30 | status u2   (0 = empty)
 //! info:       block size (63 bits) | frozen (top bit): for listings only
 //! ```
+//!
+//! A `Reserved` slot holds a handle value the broker leased to another process for blocks it puts
+//! into this table itself, over a *channel* (see [`crate::channel`]): the block is on its way, or
+//! the value is not used yet. Whoever takes the block off the channel first — the owner, or the
+//! broker when someone asks for the handle — swaps the slot to `Live` or `Pending`. While the owner
+//! has a block off the channel but not yet in its slot, it keeps the header's *receiving* word
+//! set, so that the broker never calls a handle closed that is only in the owner's hands.
 //!
 //! A handle value decides its slot ([`slot_of`]), so finding a handle is one load. The descriptor
 //! in a `Live` state is the owner's descriptor number for the block: the broker reopens the block
@@ -44,6 +51,7 @@ pub const MAX_CAPACITY: usize = 1 << 20;
 const STATUS_MASK: u64 = 0b11;
 const STATUS_LIVE: u64 = 1;
 const STATUS_PENDING: u64 = 2;
+const STATUS_RESERVED: u64 = 3;
 const FD_BITS: u32 = 30;
 const FD_MASK: u64 = (1 << FD_BITS) - 1;
 const FROZEN_BIT: u64 = 1 << 63;
@@ -85,6 +93,14 @@ pub enum State {
         /// The handle value.
         handle: u32,
     },
+    /// A handle value leased to the process at the other end of channel `channel`: its block is
+    /// on that channel, or not sent yet. Not an open handle until it becomes `Live` or `Pending`.
+    Reserved {
+        /// The handle value.
+        handle: u32,
+        /// The channel's number in this table (never 0).
+        channel: u32,
+    },
     /// A bit pattern neither side writes (the owner scribbled over its segment): no handle.
     Garbage(u64),
 }
@@ -98,6 +114,9 @@ impl State {
                 (u64::from(handle) << 32) | ((u64::from(fd) & FD_MASK) << 2) | STATUS_LIVE
             }
             State::Pending { handle } => (u64::from(handle) << 32) | STATUS_PENDING,
+            State::Reserved { handle, channel } => {
+                (u64::from(handle) << 32) | ((u64::from(channel) & FD_MASK) << 2) | STATUS_RESERVED
+            }
             State::Garbage(word) => word,
         }
     }
@@ -110,15 +129,27 @@ impl State {
             _ if word == 0 => State::Empty,
             STATUS_LIVE if is_handle_value(handle) => State::Live { handle, fd },
             STATUS_PENDING if is_handle_value(handle) && fd == 0 => State::Pending { handle },
+            STATUS_RESERVED if is_handle_value(handle) && fd != 0 => State::Reserved {
+                handle,
+                channel: fd,
+            },
             _ => State::Garbage(word),
         }
     }
 
-    /// The handle this state holds, if any.
+    /// The handle this state holds open, if any (a `Reserved` value is not open yet).
     pub fn handle(self) -> Option<u32> {
         match self {
             State::Live { handle, .. } | State::Pending { handle } => Some(handle),
-            State::Empty | State::Garbage(_) => None,
+            State::Reserved { .. } | State::Empty | State::Garbage(_) => None,
+        }
+    }
+
+    /// The handle value this state names, open or reserved.
+    pub fn value(self) -> Option<u32> {
+        match self {
+            State::Reserved { handle, .. } => Some(handle),
+            other => other.handle(),
         }
     }
 
@@ -260,6 +291,16 @@ impl Segment {
         self.word(8).load(Ordering::Acquire)
     }
 
+    /// Marks that the owner is taking blocks off its channels (`true`) or is done (`false`).
+    pub fn set_receiving(&self, receiving: bool) {
+        self.word(16).store(u64::from(receiving), Ordering::SeqCst);
+    }
+
+    /// Whether the owner may hold a block it took off a channel but has not put in its slot yet.
+    pub fn receiving(&self) -> bool {
+        self.word(16).load(Ordering::SeqCst) != 0
+    }
+
     /// Writes the capacity into the header (the broker does, once).
     pub fn write_header(&self) {
         self.word(0).store(self.capacity as u64, Ordering::Release);
@@ -291,6 +332,10 @@ mod tests {
                 fd: (1 << 30) - 1,
             },
             State::Pending { handle: 0x7ffc },
+            State::Reserved {
+                handle: 0x108,
+                channel: 1,
+            },
         ] {
             assert_eq!(State::decode(state.encode()), state);
         }
@@ -299,6 +344,7 @@ mod tests {
             3,
             (5u64 << 32) | 1,
             (0x100u64 << 32) | 3,
+            (5u64 << 32) | (1 << 2) | 3,
             (0x100 << 32) | 6,
         ] {
             assert!(State::decode(garbage).handle().is_none(), "{garbage:#x}");

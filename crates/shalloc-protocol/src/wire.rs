@@ -10,15 +10,17 @@
 //!
 //! Kinds `0x0001..0x3fff` are requests (client to broker), `0x8000..` replies, each echoing the id
 //! of the request it answers. Kinds `0x4000..0x7fff` are messages the broker sends unasked
-//! ([`Reply::Adopt`]); they carry request id 0. A request with id 0 is a *notice*
-//! ([`Request::Adopted`]): it gets no reply, and only notices may use id 0.
+//! ([`Reply::Adopt`], [`Reply::Leased`], [`Reply::Unleased`]); they carry request id 0. A request
+//! with id 0 is a *notice* ([`Request::Adopted`]): it gets no reply, and only notices may use id 0.
+//! Kind `0x2001` is the one frame that travels between two clients, over a channel the broker set
+//! up ([`Delivery`], see [`crate::channel`]); it too carries id 0.
 //!
 //! Decoding never panics and never trusts a length: a frame is either exactly right for its kind or
 //! a [`DecodeError`].
 
 /// The protocol version spoken by this crate. The first frame on every connection is a
 /// [`Request::Hello`] carrying it; a broker that speaks another version refuses the connection.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// The largest frame either side ever sends. A receiver reads into a buffer one byte larger and
 /// treats anything that fills it as oversized.
@@ -95,6 +97,13 @@ pub enum Request {
         /// The handle, in the caller's own table.
         handle: u32,
     },
+    /// Ask for handle values of `target`'s table, for blocks the caller will send its owner itself
+    /// over a channel (see [`crate::channel`]), answered with [`Reply::Granted`]. Refused unless
+    /// the caller may put blocks into that table and its owner attached it.
+    LeaseInto {
+        /// The process whose table the values belong to (not the caller).
+        target: u32,
+    },
 }
 
 /// The broker's answer to one [`Request`].
@@ -138,6 +147,36 @@ pub enum Reply {
         start: u32,
         /// How many values.
         count: u32,
+    },
+    /// The answer to [`Request::LeaseInto`]: the values `start + 4 * i` for every bit `i` set in
+    /// `mask` (`i < count`) are reserved for the caller in the target's table. The sending end of
+    /// the channel to the target travels with this frame.
+    Granted {
+        /// The first value of the run.
+        start: u32,
+        /// The run's length (at most 64).
+        count: u32,
+        /// Which values of the run are reserved (bit `i` for `start + 4 * i`).
+        mask: u64,
+    },
+    /// Sent unasked (request id 0) to a table's owner: values of its table were leased to another
+    /// process, which will send their blocks over channel number `channel`. The receiving end of
+    /// that channel travels with this frame (the same channel for every lease to that process).
+    Leased {
+        /// The channel's number in the owner's table (never 0).
+        channel: u32,
+        /// The first value of the run.
+        start: u32,
+        /// The run's length (at most 64).
+        count: u32,
+        /// Which values of the run are reserved.
+        mask: u64,
+    },
+    /// Sent unasked to a table's owner: channel `channel` is finished (its process left); the
+    /// broker took whatever was still on it, so the owner may close its end.
+    Unleased {
+        /// The channel's number in the owner's table.
+        channel: u32,
     },
     /// Sent unasked (request id 0) to a table's owner: the block of `handle`, which another process
     /// put into the owner's table, travels with this frame for the owner to keep.
@@ -245,8 +284,13 @@ mod kind {
     pub const ATTACH: u16 = 0x0008;
     pub const LEASE: u16 = 0x0009;
     pub const ADOPTED: u16 = 0x000a;
+    pub const LEASE_INTO: u16 = 0x000b;
+
+    pub const DELIVERY: u16 = 0x2001;
 
     pub const U_ADOPT: u16 = 0x4001;
+    pub const U_LEASED: u16 = 0x4002;
+    pub const U_UNLEASED: u16 = 0x4003;
 
     pub const R_HELLO: u16 = 0x8001;
     pub const R_HANDLE: u16 = 0x8002;
@@ -255,7 +299,67 @@ mod kind {
     pub const R_LISTING: u16 = 0x8005;
     pub const R_TABLE: u16 = 0x8006;
     pub const R_LEASE: u16 = 0x8007;
+    pub const R_GRANTED: u16 = 0x8008;
     pub const R_FAILED: u16 = 0x80ff;
+}
+
+/// Checks a lease run: at most 64 values, and no bit of `mask` past `count`.
+fn lease_run(kind: u16, count: u32, mask: u64) -> Result<(), DecodeError> {
+    let beyond = if count >= 64 { 0 } else { mask >> count };
+    if count > 64 || beyond != 0 {
+        return Err(DecodeError::BadField {
+            kind,
+            what: "a lease run is at most 64 values, its mask within them",
+        });
+    }
+    Ok(())
+}
+
+/// The values of a lease run: `start + 4 * i` for every bit `i` set in `mask`.
+pub fn lease_values(start: u32, mask: u64) -> impl Iterator<Item = u32> {
+    (0..64u32)
+        .filter(move |i| mask & (1 << i) != 0)
+        .map(move |i| start.wrapping_add(i * crate::segment::HANDLE_STEP))
+}
+
+/// The one frame a client sends another, over a channel (see [`crate::channel`]): the block of
+/// `handle`, a value leased to the sender in the receiver's table, travels with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The handle, in the receiver's table.
+    pub handle: u32,
+    /// The block's size in bytes; the receiver checks it against the memfd.
+    pub size: u64,
+}
+
+impl Delivery {
+    /// Encodes the delivery (request id 0).
+    pub fn encode(&self) -> Frame {
+        Frame::new(kind::DELIVERY, UNASKED_ID)
+            .u32(self.handle)
+            .u32(0)
+            .u64(self.size)
+    }
+
+    /// Decodes one frame.
+    pub fn decode(bytes: &[u8]) -> Result<Delivery, DecodeError> {
+        let (k, id, body) = header(bytes)?;
+        if k != kind::DELIVERY {
+            return Err(DecodeError::UnknownKind(k));
+        }
+        let mut f = body_of(k, body, 16)?;
+        let handle = f.u32();
+        if f.u32() != 0 || id != UNASKED_ID {
+            return Err(DecodeError::BadField {
+                kind: k,
+                what: "padding and request id must be 0",
+            });
+        }
+        Ok(Delivery {
+            handle,
+            size: f.u64(),
+        })
+    }
 }
 
 /// Reads fixed-width little-endian fields off a body whose length was already checked.
@@ -317,6 +421,7 @@ impl Request {
             Request::Attach => "attach",
             Request::Lease => "lease",
             Request::Adopted { .. } => "adopted",
+            Request::LeaseInto { .. } => "lease-into",
         }
     }
 
@@ -357,6 +462,7 @@ impl Request {
             Request::Attach => Frame::new(kind::ATTACH, id),
             Request::Lease => Frame::new(kind::LEASE, id),
             Request::Adopted { handle } => Frame::new(kind::ADOPTED, id).u32(handle),
+            Request::LeaseInto { target } => Frame::new(kind::LEASE_INTO, id).u32(target),
         }
     }
 
@@ -452,6 +558,10 @@ impl Request {
                 let mut f = body_of(k, body, 4)?;
                 Request::Adopted { handle: f.u32() }
             }
+            kind::LEASE_INTO => {
+                let mut f = body_of(k, body, 4)?;
+                Request::LeaseInto { target: f.u32() }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         Ok((id, request))
@@ -465,6 +575,8 @@ impl Reply {
             Reply::Block { .. }
             | Reply::Listing { .. }
             | Reply::Table { .. }
+            | Reply::Granted { .. }
+            | Reply::Leased { .. }
             | Reply::Adopt { .. } => 1,
             _ => 0,
         }
@@ -500,6 +612,22 @@ impl Reply {
             Reply::Listing { size } => Frame::new(kind::R_LISTING, id).u64(*size),
             Reply::Table { capacity } => Frame::new(kind::R_TABLE, id).u32(*capacity),
             Reply::Lease { start, count } => Frame::new(kind::R_LEASE, id).u32(*start).u32(*count),
+            Reply::Granted { start, count, mask } => Frame::new(kind::R_GRANTED, id)
+                .u32(*start)
+                .u32(*count)
+                .u64(*mask),
+            Reply::Leased {
+                channel,
+                start,
+                count,
+                mask,
+            } => Frame::new(kind::U_LEASED, id)
+                .u32(*channel)
+                .u32(*start)
+                .u32(*count)
+                .u32(0)
+                .u64(*mask),
+            Reply::Unleased { channel } => Frame::new(kind::U_UNLEASED, id).u32(*channel),
             Reply::Adopt { handle, size } => {
                 Frame::new(kind::U_ADOPT, id).u32(*handle).u32(0).u64(*size)
             }
@@ -554,6 +682,41 @@ impl Reply {
                     start: f.u32(),
                     count: f.u32(),
                 }
+            }
+            kind::R_GRANTED => {
+                let mut f = body_of(k, body, 16)?;
+                let (start, count, mask) = (f.u32(), f.u32(), f.u64());
+                lease_run(k, count, mask)?;
+                Reply::Granted { start, count, mask }
+            }
+            kind::U_LEASED => {
+                let mut f = body_of(k, body, 24)?;
+                let (channel, start, count) = (f.u32(), f.u32(), f.u32());
+                let (pad, mask) = (f.u32(), f.u64());
+                if pad != 0 || id != UNASKED_ID || channel == 0 {
+                    return Err(DecodeError::BadField {
+                        kind: k,
+                        what: "padding and request id must be 0, the channel not",
+                    });
+                }
+                lease_run(k, count, mask)?;
+                Reply::Leased {
+                    channel,
+                    start,
+                    count,
+                    mask,
+                }
+            }
+            kind::U_UNLEASED => {
+                let mut f = body_of(k, body, 4)?;
+                let channel = f.u32();
+                if id != UNASKED_ID || channel == 0 {
+                    return Err(DecodeError::BadField {
+                        kind: k,
+                        what: "the request id must be 0, the channel not",
+                    });
+                }
+                Reply::Unleased { channel }
             }
             kind::U_ADOPT => {
                 let mut f = body_of(k, body, 16)?;
@@ -628,6 +791,7 @@ mod tests {
             Request::Attach,
             Request::Lease,
             Request::Adopted { handle: 0x104 },
+            Request::LeaseInto { target: 77 },
         ]
     }
 
@@ -676,12 +840,64 @@ mod tests {
                 start: 0x100,
                 count: 64,
             },
+            Reply::Granted {
+                start: 0x100,
+                count: 64,
+                mask: u64::MAX,
+            },
             Reply::failed(6, "no handle 0x40 in process 12"),
             Reply::failed(5, ""),
         ];
         for r in replies {
             assert_eq!(Reply::decode(r.encode(3).as_bytes()), Ok((3, r)));
         }
+        for unasked in [
+            Reply::Leased {
+                channel: 3,
+                start: 0x200,
+                count: 8,
+                mask: 0b1011_0111,
+            },
+            Reply::Unleased { channel: 3 },
+        ] {
+            let frame = unasked.encode(UNASKED_ID);
+            assert_eq!(Reply::decode(frame.as_bytes()), Ok((UNASKED_ID, unasked.clone())));
+            assert!(Reply::decode(unasked.encode(9).as_bytes()).is_err());
+        }
+    }
+
+    #[test]
+    fn lease_runs_stay_within_their_count() {
+        let over = Reply::Granted {
+            start: 0x100,
+            count: 8,
+            mask: 1 << 8,
+        };
+        assert!(Reply::decode(over.encode(1).as_bytes()).is_err());
+        let long = Reply::Granted {
+            start: 0x100,
+            count: 65,
+            mask: 1,
+        };
+        assert!(Reply::decode(long.encode(1).as_bytes()).is_err());
+        let values: Vec<u32> = lease_values(0x100, 0b101).collect();
+        assert_eq!(values, [0x100, 0x108]);
+    }
+
+    #[test]
+    fn deliveries_round_trip_and_nothing_else_is_one() {
+        let delivery = Delivery {
+            handle: 0x104,
+            size: 1 << 33,
+        };
+        let frame = delivery.encode();
+        assert_eq!(Delivery::decode(frame.as_bytes()), Ok(delivery));
+        for cut in 0..frame.as_bytes().len() {
+            assert!(Delivery::decode(&frame.as_bytes()[..cut]).is_err());
+        }
+        assert!(Delivery::decode(Reply::Done.encode(0).as_bytes()).is_err());
+        assert!(Request::decode(frame.as_bytes()).is_err());
+        assert!(Reply::decode(frame.as_bytes()).is_err());
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! Every wait is bounded by a deadline: sends by `SO_SNDTIMEO`, replies by `poll`. A reply that
 //! answers an older request (one that timed out) is skipped by its request id. Blocks the broker
-//! sends unasked ([`Reply::Adopt`]: another process put them into our table) are kept in
-//! [`Connection::adopts`] until the own table takes them.
+//! sends unasked ([`Reply::Adopt`]: another process put them into our table) and the channels it
+//! opens into our table ([`Reply::Leased`], [`Reply::Unleased`]) are kept in [`Connection::unasked`]
+//! until the own table takes them.
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
@@ -36,6 +37,17 @@ pub(crate) enum ConnectError {
     Failed(String),
 }
 
+/// A message the broker sent unasked, for the own table.
+#[derive(Debug)]
+pub(crate) enum Unasked {
+    /// A block another process put into our table: (handle, size, descriptor).
+    Adopt(u32, u64, OwnedFd),
+    /// Channel `k` into our table (its receiving end): another process leased values of it.
+    Leased(u32, OwnedFd),
+    /// Channel `k` is finished.
+    Unleased(u32),
+}
+
 /// A greeted connection to the broker.
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -47,8 +59,10 @@ pub(crate) struct Connection {
     pub max_block: u64,
     /// Whether this connection asked for our table (the broker sends our blocks on it).
     pub attached: bool,
-    /// Blocks the broker sent unasked, not yet taken into the own table: (handle, size, fd).
-    pub adopts: Vec<(u32, u64, OwnedFd)>,
+    /// What the broker sent unasked, not yet taken into the own table.
+    pub unasked: Vec<Unasked>,
+    /// Values of other processes' tables leased to this connection.
+    pub leases: super::lease::Leases,
 }
 
 impl Connection {
@@ -68,7 +82,8 @@ impl Connection {
             broker_pid: 0,
             max_block: 0,
             attached: false,
-            adopts: Vec::new(),
+            unasked: Vec::new(),
+            leases: super::lease::Leases::default(),
         };
         match conn.call(&Request::Hello { version: VERSION }, None, deadline) {
             Ok((
@@ -168,8 +183,15 @@ impl Connection {
             )));
         }
         if reply_id == UNASKED_ID {
-            if let (Reply::Adopt { handle, size }, Some(fd)) = (&reply, received.fds.pop()) {
-                self.adopts.push((*handle, *size, fd));
+            match (reply, received.fds.pop()) {
+                (Reply::Adopt { handle, size }, Some(fd)) => {
+                    self.unasked.push(Unasked::Adopt(handle, size, fd));
+                }
+                (Reply::Leased { channel, .. }, Some(fd)) => {
+                    self.unasked.push(Unasked::Leased(channel, fd));
+                }
+                (Reply::Unleased { channel }, _) => self.unasked.push(Unasked::Unleased(channel)),
+                _ => {}
             }
             return Ok(None);
         }

@@ -12,6 +12,7 @@
 //!   whether the broker is still there: a table does not outlive its broker.
 
 mod connection;
+mod lease;
 pub(crate) mod fork;
 pub mod spawn;
 pub(crate) mod table;

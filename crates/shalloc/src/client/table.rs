@@ -7,7 +7,13 @@
 //! two racing frees exactly one wins, and a lock that starts after a free returned fails.
 //!
 //! A handle is `Live` in the segment only once its descriptor is open here, so the broker can serve
-//! it to others as soon as anyone can learn its value. Its descriptor is closed only after its slot
+//! it to others as soon as anyone can learn its value.
+//!
+//! Another process may send blocks straight into this table, over a channel with values the broker
+//! leased it (see [`shalloc_protocol::channel`]). They are taken off the channel when a call here
+//! meets one of those `Reserved` values, checked as the broker checks any block, and made `Live`;
+//! the segment's *receiving* word is set meanwhile, so the broker, which may take them too, knows to
+//! wait for the slot instead of calling the handle closed. Its descriptor is closed only after its slot
 //! has left `Live` (here, or by the broker: then the next call here notices, by the segment's count
 //! of the broker's frees, and closes it).
 
@@ -15,11 +21,12 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Instant;
 
+use shalloc_protocol::channel::{self, Taken};
 use shalloc_protocol::segment::{self, Segment, State};
-use shalloc_protocol::wire::{Reply, Request};
+use shalloc_protocol::wire::{Delivery, Reply, Request};
 
 use super::Failed;
-use super::connection::{CallError, Connection};
+use super::connection::{CallError, Connection, Unasked};
 use crate::error::{Error, Result};
 use crate::ids::Handle;
 
@@ -62,6 +69,10 @@ pub(crate) struct OwnTable {
     lease: (u32, u32),
     held: HashMap<u32, Held>,
     remote_frees_seen: u64,
+    /// The receiving ends of the channels into this table, by number.
+    channels: HashMap<u32, OwnedFd>,
+    /// The largest block the broker accepts: a block sent over a channel may be no larger.
+    max_block: u64,
 }
 
 fn identity(fd: &OwnedFd) -> Result<(u64, u64)> {
@@ -99,12 +110,26 @@ impl OwnTable {
             lease: (0, 0),
             held: HashMap::new(),
             remote_frees_seen: 0,
+            channels: HashMap::new(),
+            max_block: conn.max_block,
         })
     }
 
-    /// Takes the blocks the broker sent us into our keeping and tells it so.
+    /// Takes what the broker sent: blocks into our keeping (telling it so), and channels opened or
+    /// finished.
     pub fn adopt(&mut self, conn: &mut Connection) {
-        for (handle, size, fd) in std::mem::take(&mut conn.adopts) {
+        for message in std::mem::take(&mut conn.unasked) {
+            let (handle, size, fd) = match message {
+                Unasked::Adopt(handle, size, fd) => (handle, size, fd),
+                Unasked::Leased(k, fd) => {
+                    self.channels.entry(k).or_insert(fd);
+                    continue;
+                }
+                Unasked::Unleased(k) => {
+                    self.channels.remove(&k);
+                    continue;
+                }
+            };
             let raw = fd.as_raw_fd() as u32;
             let Some(slot) = segment::slot_of(handle, self.segment.capacity()) else {
                 continue;
@@ -215,6 +240,61 @@ impl OwnTable {
         Ok(value)
     }
 
+    /// Takes every block waiting on channel `k` into our table.
+    fn receive(&mut self, k: u32) {
+        let Some(channel) = self.channels.get(&k) else {
+            return;
+        };
+        let mut taken = Vec::new();
+        let mut finished = false;
+        // Set before the first block leaves the channel, cleared after the last is in its slot.
+        self.segment.set_receiving(true);
+        loop {
+            match channel::take(channel.as_fd()) {
+                Taken::Block(delivery, fd) => {
+                    if let Some(block) = self.place(k, delivery, fd) {
+                        taken.push(block);
+                    }
+                }
+                Taken::Malformed => continue,
+                Taken::Empty => break,
+                Taken::Finished => {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+        self.segment.set_receiving(false);
+        if finished {
+            self.channels.remove(&k);
+        }
+        for (handle, fd, size, frozen, slot) in taken {
+            self.keep(handle, fd, size, frozen, slot);
+        }
+    }
+
+    /// Checks a block that came over channel `k` and makes its slot `Live` if the slot is reserved
+    /// for that channel: what to keep, or `None` (the descriptor is closed).
+    fn place(
+        &self,
+        k: u32,
+        delivery: Delivery,
+        fd: OwnedFd,
+    ) -> Option<(u32, OwnedFd, u64, bool, usize)> {
+        let Delivery { handle, size } = delivery;
+        let frozen = shalloc_protocol::block::check(&fd, size, self.max_block).ok()?;
+        let slot = segment::slot_of(handle, self.segment.capacity())?;
+        let raw = fd.as_raw_fd() as u32;
+        let reserved = State::Reserved { handle, channel: k };
+        if !State::fd_fits(raw) || self.segment.state(slot) != reserved {
+            return None;
+        }
+        self.segment.set_info(slot, size, frozen);
+        let live = State::Live { handle, fd: raw };
+        self.segment.swap(slot, reserved, live).ok()?;
+        Some((handle, fd, size, frozen, slot))
+    }
+
     /// What our table holds under `handle`.
     pub fn lookup(&mut self, handle: u32) -> Lookup<'_> {
         self.sweep();
@@ -222,7 +302,13 @@ impl OwnTable {
         let Some(slot) = segment::slot_of(handle, capacity) else {
             return Lookup::Closed;
         };
-        let state = self.segment.state(slot);
+        let mut state = self.segment.state(slot);
+        if let State::Reserved { handle: h, channel } = state {
+            if h == handle && self.channels.contains_key(&channel) {
+                self.receive(channel);
+                state = self.segment.state(slot);
+            }
+        }
         let matches = self
             .held
             .get(&handle)
@@ -240,7 +326,10 @@ impl OwnTable {
             }
             None => {}
         }
-        if state == (State::Pending { handle }) {
+        let reserved = matches!(state, State::Reserved { handle: h, .. } if h == handle);
+        if state == (State::Pending { handle }) || reserved {
+            // A reserved value we could not settle here (its channel is unknown to us, or the
+            // broker took the block first): the broker takes what was sent, then answers.
             Lookup::AtBroker
         } else {
             Lookup::Closed

@@ -1,0 +1,81 @@
+//! Channels: how a process puts blocks into another process's table without a round trip.
+//!
+//! When process A asks (`LeaseInto`), the broker reserves a few handle values of B's table for A
+//! (their slots become [`State::Reserved`](crate::segment::State::Reserved), tagged with the
+//! channel's number) and makes a channel: a `SOCK_SEQPACKET` socket pair whose sending end goes to
+//! A and whose receiving end goes to B ([`Reply::Leased`](crate::wire::Reply::Leased), sent before
+//! A's answer) and stays with the broker too. To put a block into B's table, A checks that B is
+//! still the process it leased from (its pidfd), takes a value, and sends one
+//! [`Delivery`] with the sealed memfd. The call returns once `sendmsg` has: the block is then in
+//! the channel, where both B and the broker can find it.
+//!
+//! - **Either reader takes it.** B takes blocks off the channel on its next call that meets a
+//!   reserved slot; the broker takes them before it serves any request that names a reserved
+//!   value of that channel (or lists the tables). Each frame goes to exactly one reader, and
+//!   whoever got it swaps the slot from `Reserved` to `Live` (B) or `Pending` (the broker).
+//! - **Nothing is trusted.** A receiver checks each memfd as the broker checks an `Alloc`
+//!   ([`crate::block::check`]) and swaps only a slot reserved for *this* channel: a sender can
+//!   fill only the values it was leased, and a frame it makes up is dropped.
+//! - **One direction.** The ends are shut down the other way, so B cannot send to A.
+//! - **Ending.** A channel lives as long as A's connection. When it closes, the broker takes what
+//!   is left on the channel, empties A's unused reservations and tells B
+//!   ([`Reply::Unleased`](crate::wire::Reply::Unleased)).
+
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
+
+use crate::transport::{self, RecvBuf, RecvError};
+use crate::wire::{Delivery, MAX_FRAME};
+
+/// A new channel: (sending end, receiving end), each shut down in the other direction.
+pub fn pair() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
+    let (send, recv) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::net::shutdown(&send, Shutdown::Read)?;
+    rustix::net::shutdown(&recv, Shutdown::Write)?;
+    Ok((send, recv))
+}
+
+/// Sends one block without waiting: `Err(AGAIN)` when the channel is full, `Err(PIPE)` (or
+/// `CONNREFUSED`) when no reader is left.
+pub fn send(channel: BorrowedFd<'_>, delivery: Delivery, fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    transport::send(channel, &delivery.encode(), Some(fd), true)
+}
+
+/// What one look at a channel found.
+#[derive(Debug)]
+pub enum Taken {
+    /// A block, not yet checked.
+    Block(Delivery, OwnedFd),
+    /// A frame that is not a delivery with exactly one descriptor (dropped, descriptors closed).
+    Malformed,
+    /// Nothing is waiting now.
+    Empty,
+    /// Every sender is gone and nothing is left.
+    Finished,
+}
+
+/// Takes one frame off `channel` without waiting.
+pub fn take(channel: BorrowedFd<'_>) -> Taken {
+    let mut buf: RecvBuf = [0; MAX_FRAME + 1];
+    match transport::recv(channel, &mut buf, true) {
+        Ok(mut received) => match Delivery::decode(&buf[..received.len]) {
+            Ok(delivery) if received.fds.len() == 1 => match received.fds.pop() {
+                Some(fd) => Taken::Block(delivery, fd),
+                None => Taken::Malformed,
+            },
+            _ => Taken::Malformed,
+        },
+        Err(RecvError::WouldBlock) => Taken::Empty,
+        Err(RecvError::Closed) => Taken::Finished,
+        Err(RecvError::Oversized(_)) => Taken::Malformed,
+        // Any other failure of a local socket we hold: nothing more will come of it.
+        Err(RecvError::Io(_)) => Taken::Finished,
+    }
+}

@@ -1,0 +1,167 @@
+//! Values of other processes' tables leased to this process: how a block goes into another
+//! process's table with no round trip (see [`shalloc_protocol::channel`]).
+//!
+//! The first block for a process costs one `LeaseInto` round trip, which brings a run of handle
+//! values of its table and the channel to it; the next ones are one `sendmsg` each, until the run
+//! is used up (runs grow from 8 to 64 values). Before each use the target's pidfd, opened before
+//! the lease was asked for, must show it alive: a lease never outlives its process, and a pid the
+//! kernel gave to a new process gets a new lease (or the broker's refusal). Whenever no lease can be
+//! had — the target never attached its table, may not be written by us, is gone, or its channel is
+//! full — the caller allocates through the broker instead, which gives the same answers.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::io::Errno;
+use rustix::process::{Pid, PidfdFlags};
+use shalloc_protocol::channel;
+use shalloc_protocol::wire::{Delivery, Reply, Request, lease_values};
+
+use super::Failed;
+use super::connection::{CallError, Connection};
+
+/// After a refused lease, allocations into that process go through the broker this many times
+/// before the next ask (doubling on each refusal up to [`MAX_REFUSED_SKIP`]), so a target that
+/// never attaches costs no extra round trips to speak of.
+const FIRST_REFUSED_SKIP: u32 = 4;
+const MAX_REFUSED_SKIP: u32 = 1024;
+
+/// One lease: the target, pinned, its channel and the values left.
+#[derive(Debug)]
+struct Lease {
+    pidfd: OwnedFd,
+    channel: OwnedFd,
+    values: Vec<u32>,
+}
+
+/// A refusal: allocations left to send through the broker, and the next skip.
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    skip: u32,
+    next: u32,
+}
+
+/// Every lease of this connection, by target pid.
+#[derive(Debug, Default)]
+pub(crate) struct Leases {
+    by_pid: HashMap<u32, Lease>,
+    refused: HashMap<u32, Refused>,
+}
+
+/// Whether the process behind `pidfd` has exited (a pidfd polls readable once it has).
+fn exited(pidfd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    !matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(0))
+}
+
+fn pidfd_of(pid: u32) -> Option<OwnedFd> {
+    let pid = Pid::from_raw(i32::try_from(pid).ok()?)?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok()
+}
+
+impl Connection {
+    /// Sends the sealed block `fd` of `size` bytes into `pid`'s table over a leased channel:
+    /// `Ok(Some(handle))` once it is on its way, `Ok(None)` when no lease can be had (allocate
+    /// through the broker then). `fd` itself stays open here.
+    pub fn send_leased(
+        &mut self,
+        pid: u32,
+        fd: BorrowedFd<'_>,
+        size: u64,
+        deadline: Instant,
+    ) -> Result<Option<u32>, Failed> {
+        if let Some(refused) = self.leases.refused.get_mut(&pid) {
+            if refused.skip > 0 {
+                refused.skip -= 1;
+                return Ok(None);
+            }
+        }
+        if self
+            .leases
+            .by_pid
+            .get(&pid)
+            .is_some_and(|l| exited(l.pidfd.as_fd()))
+        {
+            self.leases.by_pid.remove(&pid);
+        }
+        if self.leases.by_pid.get(&pid).is_none_or(|l| l.values.is_empty()) && !self.lease(pid, deadline)? {
+            return Ok(None);
+        }
+        let Some(lease) = self.leases.by_pid.get_mut(&pid) else {
+            return Ok(None);
+        };
+        let Some(handle) = lease.values.pop() else {
+            return Ok(None);
+        };
+        if exited(lease.pidfd.as_fd()) {
+            self.leases.by_pid.remove(&pid);
+            return Ok(None);
+        }
+        match channel::send(lease.channel.as_fd(), Delivery { handle, size }, fd) {
+            Ok(()) => Ok(Some(handle)),
+            Err(Errno::AGAIN | Errno::NOBUFS | Errno::NOMEM | Errno::MFILE | Errno::NFILE) => {
+                // The channel is full (the target does not take its blocks): keep the value.
+                lease.values.push(handle);
+                Ok(None)
+            }
+            Err(_) => {
+                self.leases.by_pid.remove(&pid);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Asks for a run of values of `pid`'s table: whether some were granted.
+    fn lease(&mut self, pid: u32, deadline: Instant) -> Result<bool, Failed> {
+        // Pinned before asking, so that the answer can be checked to be about this process.
+        let (pidfd, channel) = match self.leases.by_pid.remove(&pid) {
+            Some(old) => (old.pidfd, Some(old.channel)),
+            None => match pidfd_of(pid) {
+                Some(pidfd) => (pidfd, None),
+                None => return Ok(false),
+            },
+        };
+        let answer = self.call(&Request::LeaseInto { target: pid }, None, deadline);
+        let (start, mask, sent) = match answer {
+            Ok((Reply::Granted { start, mask, .. }, Some(fd))) => (start, mask, fd),
+            Ok((Reply::Failed { .. }, _)) => {
+                let refused = self.leases.refused.entry(pid).or_insert(Refused {
+                    skip: 0,
+                    next: FIRST_REFUSED_SKIP,
+                });
+                refused.skip = refused.next;
+                refused.next = (refused.next * 2).min(MAX_REFUSED_SKIP);
+                return Ok(false);
+            }
+            Ok((other, _)) => {
+                return Err(Failed::Call(CallError::Protocol(format!(
+                    "unexpected answer {other:?} to LeaseInto"
+                ))));
+            }
+            Err(e) => return Err(Failed::Call(e)),
+        };
+        self.leases.refused.remove(&pid);
+        // The lease is for the process the broker found under `pid`; it is ours only if the one
+        // we pinned before asking is still alive (then the pid was not reused in between).
+        if exited(pidfd.as_fd()) {
+            return Ok(false);
+        }
+        let mut values: Vec<u32> = lease_values(start, mask).collect();
+        values.reverse(); // popped from the end: lowest value first
+        self.leases.by_pid.insert(
+            pid,
+            Lease {
+                pidfd,
+                channel: channel.unwrap_or(sent),
+                values,
+            },
+        );
+        Ok(true)
+    }
+}
