@@ -252,7 +252,9 @@ impl Broker {
                 "process {target} has not attached its table: allocate through the broker"
             ))
         };
-        let table = self.table(caller, target, false)?.ok_or_else(not_attached)?;
+        let table = self
+            .table(caller, target, false)?
+            .ok_or_else(not_attached)?;
         if table.attached.is_none() {
             return Err(not_attached());
         }

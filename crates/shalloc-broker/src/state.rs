@@ -461,12 +461,7 @@ impl Broker {
     /// Sends `message` (with `fd`) unasked to the connection `pid`'s table is attached through,
     /// without waiting: whether it was sent. The connection being served is not reachable here, so
     /// this is only for messages to another process.
-    pub(crate) fn tell_owner(
-        &self,
-        pid: u32,
-        message: &Reply,
-        fd: Option<&OwnedFd>,
-    ) -> bool {
+    pub(crate) fn tell_owner(&self, pid: u32, message: &Reply, fd: Option<&OwnedFd>) -> bool {
         let Some(to) = self.tables.get(pid).and_then(|t| t.attached) else {
             return false;
         };

@@ -223,7 +223,10 @@ impl Tables {
     /// The channel into `pid`'s table that `leaser` leases through connection `token`, made if
     /// there is none: its number.
     pub fn channel(&mut self, pid: u32, leaser: u32, token: u64) -> std::io::Result<u32> {
-        let table = self.by_pid.get_mut(&pid).ok_or(std::io::ErrorKind::NotFound)?;
+        let table = self
+            .by_pid
+            .get_mut(&pid)
+            .ok_or(std::io::ErrorKind::NotFound)?;
         if let Some((&k, _)) = table
             .channels
             .iter()

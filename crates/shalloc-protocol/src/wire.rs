@@ -861,7 +861,10 @@ mod tests {
             Reply::Unleased { channel: 3 },
         ] {
             let frame = unasked.encode(UNASKED_ID);
-            assert_eq!(Reply::decode(frame.as_bytes()), Ok((UNASKED_ID, unasked.clone())));
+            assert_eq!(
+                Reply::decode(frame.as_bytes()),
+                Ok((UNASKED_ID, unasked.clone()))
+            );
             assert!(Reply::decode(unasked.encode(9).as_bytes()).is_err());
         }
     }

@@ -90,7 +90,13 @@ impl Connection {
         {
             self.leases.by_pid.remove(&pid);
         }
-        if self.leases.by_pid.get(&pid).is_none_or(|l| l.values.is_empty()) && !self.lease(pid, deadline)? {
+        if self
+            .leases
+            .by_pid
+            .get(&pid)
+            .is_none_or(|l| l.values.is_empty())
+            && !self.lease(pid, deadline)?
+        {
             return Ok(None);
         }
         let Some(lease) = self.leases.by_pid.get_mut(&pid) else {

@@ -12,8 +12,8 @@
 //!   whether the broker is still there: a table does not outlive its broker.
 
 mod connection;
-mod lease;
 pub(crate) mod fork;
+mod lease;
 pub mod spawn;
 pub(crate) mod table;
 
