@@ -111,6 +111,9 @@ enum Op {
     Adopted {
         handle: Handle,
     },
+    LeaseInto {
+        target: Pid,
+    },
     Raw {
         bytes: Vec<u8>,
         desc: Desc,
@@ -253,6 +256,12 @@ fn build(session: &Session) -> Vec<Sent> {
             Op::Adopted { handle } => (
                 Request::Adopted {
                     handle: handle.raw(),
+                },
+                Desc::None,
+            ),
+            Op::LeaseInto { target } => (
+                Request::LeaseInto {
+                    target: target.raw(),
                 },
                 Desc::None,
             ),
@@ -462,6 +471,9 @@ impl Model {
                 assert_eq!(*start, FIRST_HANDLE + 4 * self.handed_out, "{reply:?}");
                 self.handed_out += count;
             }
+            // The session's process is the only one connected, so no other table is attached and
+            // no lease can be granted (its own table is leased with Lease).
+            (Request::LeaseInto { .. }, Failed { .. }) => {}
             _ => panic!("{request:?} was answered with {reply:?}"),
         }
         true

@@ -2,14 +2,17 @@
 //! corpus replay test (`tests/seeds.rs`) run exactly the code the fuzzer runs.
 
 use shalloc_protocol::listing::{BrokerStats, HandleEntry, Listing, RequestStats, TableEntry};
-use shalloc_protocol::wire::{MAX_FRAME, MAX_REASON, Reply, Request, UNASKED_ID, VERSION};
+use shalloc_protocol::wire::{
+    Delivery, MAX_FRAME, MAX_REASON, Reply, Request, UNASKED_ID, VERSION,
+};
 
 /// The length of a frame header (kind, flags, request id).
 const HEADER: usize = 8;
 /// Where a `Failed` reply's reason text starts: the header, then code and length.
 const REASON_AT: usize = HEADER + 8;
 
-/// Feeds `data` to [`Request::decode`], [`Reply::decode`] and [`Listing::decode`].
+/// Feeds `data` to [`Request::decode`], [`Reply::decode`], [`Delivery::decode`] and
+/// [`Listing::decode`].
 ///
 /// None may panic, and:
 /// - a request that decodes re-encodes to exactly `data` (the format has one encoding per value:
@@ -18,6 +21,8 @@ const REASON_AT: usize = HEADER + 8;
 ///   UTF-8: it was decoded lossily (U+FFFD for each bad sequence), so instead its re-encoding must
 ///   stay within [`MAX_FRAME`], decode again, and be a fixed point of encode∘decode;
 /// - no frame is both a request and a reply (their kinds are disjoint);
+/// - a delivery (the frame between two clients) that decodes re-encodes to exactly `data`, and is
+///   neither a request nor a reply;
 /// - a listing that decodes survives `decode(encode(listing))`.
 pub fn check_decode(data: &[u8]) {
     let request = Request::decode(data);
@@ -62,6 +67,11 @@ pub fn check_decode(data: &[u8]) {
         request.is_err() || reply.is_err(),
         "a frame decoded both as a request and as a reply"
     );
+
+    if let Ok(delivery) = Delivery::decode(data) {
+        assert_eq!(delivery.encode().as_bytes(), data, "{delivery:?}");
+        assert!(request.is_err() && reply.is_err(), "{delivery:?}");
+    }
 
     let text = String::from_utf8_lossy(data);
     if let Ok(listing) = Listing::decode(&text) {
@@ -139,6 +149,7 @@ pub fn sample_requests() -> Vec<(u32, Request)> {
         (20, Request::Attach),
         (21, Request::Lease),
         (UNASKED_ID, Request::Adopted { handle: 0x104 }),
+        (22, Request::LeaseInto { target: 4242 }),
     ]
 }
 
@@ -179,6 +190,24 @@ pub fn sample_replies() -> Vec<(u32, Reply)> {
                 size: 4096,
             },
         ),
+        (
+            11,
+            Reply::Granted {
+                start: 0x200,
+                count: 64,
+                mask: u64::MAX,
+            },
+        ),
+        (
+            UNASKED_ID,
+            Reply::Leased {
+                channel: 1,
+                start: 0x200,
+                count: 8,
+                mask: 0b1111_0111,
+            },
+        ),
+        (UNASKED_ID, Reply::Unleased { channel: 1 }),
     ]
 }
 
@@ -260,6 +289,11 @@ pub fn decode_seeds() -> Vec<(String, Vec<u8>)> {
     let mut lossy = Reply::failed(13, "xx").encode(3).as_bytes().to_vec();
     lossy[REASON_AT] = 0xff;
     seeds.push(("reply-failed-not-utf8".into(), lossy));
+    let delivery = Delivery {
+        handle: 0x204,
+        size: 4096,
+    };
+    seeds.push(("delivery".into(), delivery.encode().as_bytes().to_vec()));
     seeds.push(("listing".into(), sample_listing().encode().into_bytes()));
     seeds
 }
