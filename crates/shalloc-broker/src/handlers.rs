@@ -22,6 +22,9 @@ use shalloc_protocol::segment::State;
 /// table, by this much).
 const RECEIVING_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
+/// Channels are made only while the broker has this many descriptors to spare (twice over).
+const CHANNEL_FD_MARGIN: usize = 64;
+
 /// What a handler produced: a reply, and the descriptor that travels with it, if any.
 pub(crate) type Answer = Result<(Reply, Option<OwnedFd>), Failure>;
 
@@ -252,6 +255,12 @@ impl Broker {
                 "process {target} has not attached its table: allocate through the broker"
             ))
         };
+        // A channel costs two descriptors; leave them for blocks when they run short.
+        if self.descriptor_room() < 2 * CHANNEL_FD_MARGIN {
+            return Err(Failure::no_resources(
+                "the broker is short of descriptors: allocate through it",
+            ));
+        }
         let table = self
             .table(caller, target, false)?
             .ok_or_else(not_attached)?;

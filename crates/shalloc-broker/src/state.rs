@@ -141,10 +141,14 @@ impl Broker {
         self.config.limits.max_handles.min(self.descriptor_room())
     }
 
-    /// How many more descriptors the broker can hold beyond its own and its connections'.
-    fn descriptor_room(&self) -> usize {
+    /// How many more descriptors the broker can hold beyond its own, its connections', its tables'
+    /// (pidfd and segment) and its channels' (both ends).
+    pub(crate) fn descriptor_room(&self) -> usize {
         let room = self.nofile.saturating_sub(
-            RESERVED_FDS + self.connections.len() as u64 + 2 * self.tables.table_count() as u64,
+            RESERVED_FDS
+                + self.connections.len() as u64
+                + 2 * self.tables.table_count() as u64
+                + 2 * self.tables.channel_count() as u64,
         );
         usize::try_from(room).unwrap_or(usize::MAX)
     }

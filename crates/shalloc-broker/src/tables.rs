@@ -133,6 +133,7 @@ pub(crate) struct Tables {
     values: HandleValues,
     capacity: usize,
     pending_total: usize,
+    channel_total: usize,
 }
 
 /// Why a block could not be put into a table.
@@ -152,6 +153,7 @@ impl Tables {
             values,
             capacity: capacity.clamp(1, segment::MAX_CAPACITY),
             pending_total: 0,
+            channel_total: 0,
         }
     }
 
@@ -240,6 +242,7 @@ impl Tables {
         }
         table.next_channel = k + 1;
         let (send, recv) = shalloc_protocol::channel::pair()?;
+        self.channel_total += 1;
         table.channels.insert(
             k,
             Channel {
@@ -344,11 +347,12 @@ impl Tables {
 
     /// Removes channel `k` from `pid`'s table: the values it may still hold reserved.
     pub fn remove_channel(&mut self, pid: u32, k: u32) -> Vec<u32> {
-        self.by_pid
+        let removed = self
+            .by_pid
             .get_mut(&pid)
-            .and_then(|t| t.channels.remove(&k))
-            .map(|c| c.values)
-            .unwrap_or_default()
+            .and_then(|t| t.channels.remove(&k));
+        self.channel_total -= usize::from(removed.is_some());
+        removed.map(|c| c.values).unwrap_or_default()
     }
 
     /// Every (table, channel) pair whose channel was leased through connection `token`.
@@ -401,6 +405,7 @@ impl Tables {
             return 0;
         };
         self.pending_total -= table.pending.len();
+        self.channel_total -= table.channels.len();
         table.pending.len()
     }
 
@@ -409,6 +414,11 @@ impl Tables {
         self.by_pid
             .get(&pid)
             .is_some_and(|t| t.process.has_exited())
+    }
+
+    /// The number of channels (two descriptors each).
+    pub fn channel_count(&self) -> usize {
+        self.channel_total
     }
 
     /// The number of blocks the broker itself holds (one descriptor each).

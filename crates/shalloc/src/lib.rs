@@ -55,7 +55,10 @@
 //! Wine); the library starts the broker on demand (`shalloc broker` runs it in the foreground).
 //! A process holds the blocks of its own table itself, so its calls on its own table — alloc into
 //! it, lock, unlock, free — need no round trip; calls on another process's table go to the broker,
-//! which changes the same words by compare-and-swap (of two racing frees, exactly one wins). The
+//! which changes the same words by compare-and-swap (of two racing frees, exactly one wins). A
+//! process that allocates into another's table gets a few of its handle values leased in advance,
+//! with a channel to its owner, and sends each block straight there with no round trip either;
+//! the broker takes blocks off that channel before it answers anyone about them. The
 //! broker moves only descriptors, never bytes, and learns who is calling from the kernel. A process
 //! may touch another's table when ptrace would let it read that process: same user, and the
 //! target is dumpable.
