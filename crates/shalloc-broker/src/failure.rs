@@ -8,6 +8,9 @@ use shalloc_protocol::wire::Reply;
 pub(crate) struct Failure {
     pub code: u32,
     pub reason: String,
+    /// The answer depends on a table's owner that is putting a block from a channel into its slot
+    /// right now: the request waits for it (and gets this failure only if the owner never does).
+    pub owner_busy: bool,
 }
 
 impl Failure {
@@ -15,6 +18,7 @@ impl Failure {
         Failure {
             code: codes::ERROR_INVALID_PARAMETER,
             reason: reason.into(),
+            owner_busy: false,
         }
     }
 
@@ -22,6 +26,7 @@ impl Failure {
         Failure {
             code: codes::ERROR_ACCESS_DENIED,
             reason: reason.into(),
+            owner_busy: false,
         }
     }
 
@@ -29,6 +34,7 @@ impl Failure {
         Failure {
             code: codes::ERROR_INVALID_HANDLE,
             reason: format!("handle {handle:#x} is not open in the table of process {owner}"),
+            owner_busy: false,
         }
     }
 
@@ -36,6 +42,7 @@ impl Failure {
         Failure {
             code: codes::ERROR_NOT_ENOUGH_MEMORY,
             reason: reason.into(),
+            owner_busy: false,
         }
     }
 
@@ -43,6 +50,7 @@ impl Failure {
         Failure {
             code: codes::ERROR_NO_SYSTEM_RESOURCES,
             reason: reason.into(),
+            owner_busy: false,
         }
     }
 
@@ -50,6 +58,15 @@ impl Failure {
         Failure {
             code: codes::ERROR_INVALID_PARAMETER,
             reason: reason.into(),
+            owner_busy: false,
+        }
+    }
+
+    /// This failure, marked as an answer to wait on: the owner of the table is busy.
+    pub fn owner_busy(self) -> Self {
+        Failure {
+            owner_busy: true,
+            ..self
         }
     }
 

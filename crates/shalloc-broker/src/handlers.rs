@@ -17,10 +17,9 @@ use crate::state::Broker;
 use crate::tables::{PutError, Table};
 use shalloc_protocol::segment::State;
 
-/// How long the broker waits for an owner that is taking a block off a channel to put it in its
-/// slot (it takes microseconds; an owner stopped in between only delays answers about its own
-/// table, by this much).
-const RECEIVING_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long the broker spins for an owner that is taking a block off a channel to put it in its
+/// slot (it takes microseconds) before it sets the request aside and serves others meanwhile.
+const RECEIVING_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// Channels are made only while the broker has this many descriptors to spare (twice over).
 const CHANNEL_FD_MARGIN: usize = 64;
@@ -131,7 +130,9 @@ impl Broker {
         let max = self.config.limits.max_block;
         let invalid = || Failure::invalid_handle(handle, owner);
         self.table(caller, owner, false)?.ok_or_else(invalid)?;
-        self.settle_reserved(owner, handle);
+        if self.settle_reserved(owner, handle) {
+            return Err(invalid().owner_busy());
+        }
         let table = self.tables.live(owner).ok_or_else(invalid)?;
         let (slot, state) = table.find(handle).ok_or_else(invalid)?;
         if let Some(block) = table.pending.get(&handle) {
@@ -177,7 +178,9 @@ impl Broker {
     pub(crate) fn free(&mut self, caller: &Process, handle: u32, owner: u32) -> Answer {
         let invalid = || Failure::invalid_handle(handle, owner);
         self.table(caller, owner, false)?.ok_or_else(invalid)?;
-        self.settle_reserved(owner, handle);
+        if self.settle_reserved(owner, handle) {
+            return Err(invalid().owner_busy());
+        }
         let table = self.tables.live(owner).ok_or_else(invalid)?;
         // The owner may move the slot from Pending to Live under us (it took the block): look again.
         let mut closed = None;
@@ -298,31 +301,31 @@ impl Broker {
     }
 
     /// Takes the blocks waiting on the channel whose reserved slot `handle` is, so that a request
-    /// about it sees what its sender already sent. If the owner is taking a block off a channel at
-    /// this moment, waits (at most a few milliseconds) for it to put the block in its slot.
-    fn settle_reserved(&mut self, owner: u32, handle: u32) {
+    /// about it sees what its sender already sent. Whether the owner still holds a block it took
+    /// off a channel and has not put in its slot (after a short spin): then the answer must wait.
+    fn settle_reserved(&mut self, owner: u32, handle: u32) -> bool {
         let Some(table) = self.tables.live(owner) else {
-            return;
+            return false;
         };
         let Some(slot) = shalloc_protocol::segment::slot_of(handle, table.segment.capacity())
         else {
-            return;
+            return false;
         };
         let State::Reserved { channel: k, .. } = table.segment.state(slot) else {
-            return;
+            return false;
         };
         let reserved = State::Reserved { handle, channel: k };
-        let give_up = std::time::Instant::now() + RECEIVING_WAIT;
+        let give_up = std::time::Instant::now() + RECEIVING_SPIN;
         loop {
             self.take_deliveries(owner, k);
             let Some(table) = self.tables.live(owner) else {
-                return;
+                return false;
             };
-            if table.segment.state(slot) != reserved
-                || !table.segment.receiving()
-                || std::time::Instant::now() > give_up
-            {
-                return;
+            if table.segment.state(slot) != reserved || !table.segment.receiving() {
+                return false;
+            }
+            if std::time::Instant::now() > give_up {
+                return true;
             }
             std::thread::yield_now();
         }
@@ -337,25 +340,23 @@ impl Broker {
     }
 
     /// Ends channel `k` of `owner`'s table (its sender's connection closed): takes what is left on
-    /// it, empties the values it did not use (once the owner is not taking a block off it), and
-    /// tells the owner.
-    pub(crate) fn end_channel(&mut self, owner: u32, k: u32) {
-        let give_up = std::time::Instant::now() + RECEIVING_WAIT;
-        loop {
-            self.take_deliveries(owner, k);
-            let busy = self
-                .tables
-                .get(owner)
-                .is_some_and(|t| t.segment.receiving());
-            if !busy || std::time::Instant::now() > give_up {
-                break;
-            }
-            std::thread::yield_now();
+    /// it, empties the values it did not use, and tells the owner. Not while the owner may hold a
+    /// block it took off a channel and has not put in its slot: then `false`, and the caller tries
+    /// again later (the block would be lost with its emptied slot).
+    pub(crate) fn end_channel(&mut self, owner: u32, k: u32) -> bool {
+        self.take_deliveries(owner, k);
+        let busy = self
+            .tables
+            .live(owner)
+            .is_some_and(|t| t.segment.receiving());
+        if busy {
+            return false;
         }
         let values = self.tables.remove_channel(owner, k);
         self.tables.unreserve(owner, k, values);
         let recv = None;
         self.tell_owner(owner, &Reply::Unleased { channel: k }, recv);
+        true
     }
 
     /// The `Adopted` notice: the owner took `handle`'s block; close the broker's copy once the slot

@@ -33,12 +33,35 @@ const RESERVED_FDS: u64 = 64;
 /// Frames served from one connection per wake-up, so one busy client cannot starve the others.
 const FRAMES_PER_WAKE: usize = 64;
 
+/// How long a request may wait for a table's owner that holds a block between a channel and its
+/// slot. An owner does that for microseconds; one stopped in between (a debugger, SIGSTOP) makes
+/// requests about its reserved values wait this long, then get "invalid handle".
+const PARK_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often requests set aside, and channels waiting to end, are tried again.
+const RETRY_TICK: rustix::time::Timespec = rustix::time::Timespec {
+    tv_sec: 0,
+    tv_nsec: 1_000_000,
+};
+
 /// One client connection, and the process the kernel says is behind it.
 #[derive(Debug)]
 struct Connection {
     sock: OwnedFd,
     peer: Process,
     greeted: bool,
+    /// A request of this connection is set aside (see [`Parked`]): no further frame is read from
+    /// it until that one is answered, so its answers keep their order.
+    parked: bool,
+}
+
+/// A request set aside because its answer waits on a table's owner (see [`PARK_LIMIT`]).
+#[derive(Debug)]
+struct Parked {
+    token: u64,
+    id: u32,
+    request: Request,
+    since: std::time::Instant,
 }
 
 /// Everything the broker holds.
@@ -62,6 +85,10 @@ pub(crate) struct Broker {
     /// Blocks to send to their tables' owners ([`Reply::Adopt`]) before the current reply:
     /// (owner pid, handle, block).
     pub outbox: Vec<(u32, u32, std::rc::Rc<crate::block::Block>)>,
+    parked: Vec<Parked>,
+    /// Channels whose sender left, to end once their owner holds no block between channel and
+    /// slot: (owner pid, channel).
+    ending: Vec<(u32, u32)>,
 }
 
 /// Counters for `shalloc ls`.
@@ -132,6 +159,8 @@ impl Broker {
             },
             stopping: false,
             outbox: Vec::new(),
+            parked: Vec::new(),
+            ending: Vec::new(),
         })
     }
 
@@ -176,7 +205,9 @@ impl Broker {
         loop {
             events.clear();
             let idle = self.connections.is_empty() && self.tables.table_count() == 0;
+            let waiting = !self.parked.is_empty() || !self.ending.is_empty();
             let timeout = match self.config.idle_exit {
+                _ if waiting => Some(RETRY_TICK),
                 Some(limit) if idle => Some(rustix::time::Timespec {
                     tv_sec: limit.as_secs() as i64,
                     tv_nsec: i64::from(limit.subsec_nanos()),
@@ -188,6 +219,7 @@ impl Broker {
                 rustix::buffer::spare_capacity(&mut events),
                 timeout.as_ref(),
             ) {
+                Ok(0) if waiting => {}
                 Ok(0) if timeout.is_some() => {
                     log!(
                         self.log,
@@ -227,6 +259,9 @@ impl Broker {
                     }
                     t => self.serve(t),
                 }
+            }
+            if waiting {
+                self.retry_waiting();
             }
             if self.stopping {
                 log!(
@@ -287,6 +322,7 @@ impl Broker {
                             sock,
                             peer,
                             greeted: false,
+                            parked: false,
                         },
                     );
                 }
@@ -304,9 +340,17 @@ impl Broker {
         let Some(mut conn) = self.connections.remove(&token) else {
             return;
         };
+        if conn.parked {
+            // Woken once (the registration is one-shot while parked); read on when answered.
+            self.connections.insert(token, conn);
+            return;
+        }
         let mut buf: RecvBuf = [0; MAX_FRAME + 1];
         let mut verdict = None;
         for _ in 0..FRAMES_PER_WAKE {
+            if conn.parked {
+                break;
+            }
             let received = match transport::recv(conn.sock.as_fd(), &mut buf, true) {
                 Ok(received) => received,
                 Err(RecvError::WouldBlock) => break,
@@ -325,11 +369,15 @@ impl Broker {
             }
         }
         if verdict.is_some() {
-            // The connection ends, and with it the channels leased through it.
-            for (owner, k) in self.tables.channels_of(token) {
-                self.end_channel(owner, k);
-            }
-            self.deliver(None);
+            self.end_channels_of(token);
+        } else if conn.parked {
+            // Until its request is answered, wake at most once for it (a hang-up, say).
+            let _ = epoll::modify(
+                &self.epoll,
+                &conn.sock,
+                epoll::EventData::new_u64(token),
+                epoll::EventFlags::ONESHOT,
+            );
         }
         match verdict {
             None => {
@@ -354,7 +402,7 @@ impl Broker {
         conn: &mut Connection,
         token: u64,
         frame: &[u8],
-        mut fds: Vec<OwnedFd>,
+        fds: Vec<OwnedFd>,
     ) -> Result<(), Drop> {
         let (id, request) = Request::decode(frame).map_err(|e| Drop::Violation(e.to_string()))?;
         if fds.len() != request.fds() {
@@ -386,8 +434,23 @@ impl Broker {
             };
         }
         log!(self.log, Debug, "process {}: {request:?}", conn.peer.pid);
+        self.dispatch(conn, token, id, request, fds, None)
+    }
+
+    /// Runs a request's handler and sends the reply — or sets the request aside when its answer
+    /// waits on a table's owner (`parked_since`: when it was first set aside).
+    fn dispatch(
+        &mut self,
+        conn: &mut Connection,
+        token: u64,
+        id: u32,
+        request: Request,
+        mut fds: Vec<OwnedFd>,
+        parked_since: Option<std::time::Instant>,
+    ) -> Result<(), Drop> {
         let peer = &conn.peer;
         let name = request.name();
+        let kept = request.clone();
         let result = match request {
             Request::Hello { .. } => return Err(Drop::Violation("a second Hello".into())),
             Request::Alloc { target, size } => match fds.pop() {
@@ -412,6 +475,20 @@ impl Broker {
                 return Ok(());
             }
         };
+        if let Err(failure) = &result {
+            let since = parked_since.unwrap_or_else(std::time::Instant::now);
+            if failure.owner_busy && since.elapsed() < PARK_LIMIT {
+                self.deliver(Some((conn, token)));
+                conn.parked = true;
+                self.parked.push(Parked {
+                    token,
+                    id,
+                    request: kept,
+                    since,
+                });
+                return Ok(());
+            }
+        }
         self.stats.record(name, result.is_ok());
         self.deliver(Some((conn, token)));
         let (reply, fd) = result.unwrap_or_else(|failure| {
@@ -462,6 +539,57 @@ impl Broker {
 }
 
 impl Broker {
+    /// A connection ended, and with it the channels leased through it.
+    fn end_channels_of(&mut self, token: u64) {
+        for (owner, k) in self.tables.channels_of(token) {
+            if !self.end_channel(owner, k) {
+                self.ending.push((owner, k));
+            }
+        }
+        self.deliver(None);
+    }
+
+    /// Tries again what waits on a table's owner: requests set aside, and channels to end.
+    fn retry_waiting(&mut self) {
+        let ending = std::mem::take(&mut self.ending);
+        for (owner, k) in ending {
+            if !self.end_channel(owner, k) {
+                self.ending.push((owner, k));
+            }
+        }
+        self.deliver(None);
+        for parked in std::mem::take(&mut self.parked) {
+            let Some(mut conn) = self.connections.remove(&parked.token) else {
+                continue; // dropped meanwhile
+            };
+            conn.parked = false;
+            let Parked {
+                token,
+                id,
+                request,
+                since,
+            } = parked;
+            let outcome = self.dispatch(&mut conn, token, id, request, Vec::new(), Some(since));
+            if outcome.is_err() {
+                // The reply could not be sent: the connection is dropped.
+                self.end_channels_of(token);
+                continue;
+            }
+            let flags = if conn.parked {
+                epoll::EventFlags::ONESHOT
+            } else {
+                epoll::EventFlags::IN
+            };
+            let _ = epoll::modify(
+                &self.epoll,
+                &conn.sock,
+                epoll::EventData::new_u64(token),
+                flags,
+            );
+            self.connections.insert(token, conn);
+        }
+    }
+
     /// Sends `message` (with `fd`) unasked to the connection `pid`'s table is attached through,
     /// without waiting: whether it was sent. The connection being served is not reachable here, so
     /// this is only for messages to another process.
@@ -560,6 +688,7 @@ pub(crate) fn fuzz_frames(
         sock: server,
         peer,
         greeted: false,
+        parked: false,
     };
     broker.connections.insert(FIRST_CONNECTION, conn);
     let mut replies = Vec::new();

@@ -23,6 +23,10 @@
 //! - A forked child of a leaser gets a lease of its own: child and parent both fill the table, with
 //!   distinct values and the right bytes.
 //! - The broker's listing shows a block sent over a channel before its owner made any call.
+//! - An owner stopped (ptrace) between taking a block off a channel and putting it in its slot
+//!   neither loses the block nor makes others' answers wrong: a third process's lock waits for it
+//!   and succeeds once it resumes, and a leaser that exits meanwhile does not take the block's
+//!   slot away.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -1063,6 +1067,169 @@ fn the_listing_shows_a_block_sent_over_a_channel_before_its_owner_looks() {
     owner_end.send(h);
     assert_eq!(owner_end.recv(), 1);
     assert_eq!(listed_handles(b), 0);
+    owner_end.close();
+    owner.expect_success();
+}
+
+/// `PTRACE_GET_SYSCALL_INFO`.
+const GET_SYSCALL_INFO: libc::c_uint = 0x420e;
+/// `F_GET_SEALS`: the owner calls it on a block it took off a channel, before the slot swap.
+const F_GET_SEALS: u64 = 1034;
+
+/// Seizes `pid`, runs `before_resuming`, and lets it run until it enters `fcntl(_, F_GET_SEALS)`:
+/// it then holds a block it took off a channel and has not put in its slot yet. It stays stopped
+/// until [`detach`].
+fn stop_at_get_seals(pid: libc::pid_t, before_resuming: impl FnOnce()) {
+    // SAFETY: ptrace and waitpid on our own child, with buffers sized for what they write.
+    unsafe {
+        assert_eq!(
+            libc::ptrace(libc::PTRACE_SEIZE, pid, 0, libc::PTRACE_O_TRACESYSGOOD),
+            0
+        );
+        assert_eq!(libc::ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, libc::__WALL), pid);
+        assert_eq!(libc::ptrace(libc::PTRACE_SYSCALL, pid, 0, 0), 0);
+        before_resuming();
+        loop {
+            assert_eq!(libc::waitpid(pid, &mut status, libc::__WALL), pid);
+            assert!(libc::WIFSTOPPED(status), "{status:#x}");
+            let sig = libc::WSTOPSIG(status);
+            if sig == libc::SIGTRAP | 0x80 {
+                let mut info = [0u64; 16];
+                let size = std::mem::size_of_val(&info);
+                let n = libc::ptrace(GET_SYSCALL_INFO, pid, size, info.as_mut_ptr());
+                assert!(n > 0);
+                // op 1 = syscall entry; then arch, ip, sp, nr, args.
+                let entry = info[0] & 0xff == 1;
+                if entry && info[3] == libc::SYS_fcntl as u64 && info[5] == F_GET_SEALS {
+                    return;
+                }
+                assert_eq!(libc::ptrace(libc::PTRACE_SYSCALL, pid, 0, 0), 0);
+            } else {
+                // A group stop or a signal: pass signals on.
+                let deliver = if (status >> 16) != 0 { 0 } else { sig };
+                assert_eq!(libc::ptrace(libc::PTRACE_SYSCALL, pid, 0, deliver), 0);
+            }
+        }
+    }
+}
+
+fn detach(pid: libc::pid_t) {
+    // SAFETY: detaching a tracee we seized.
+    unsafe { assert_eq!(libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0), 0) };
+}
+
+/// An owner that attached its table, then locks the handle it is sent and reports 1 (right bytes)
+/// or 2 (an error).
+fn stoppable_owner() -> (Child, End) {
+    fork_with_channel(|mut end| {
+        let me = Pid::current();
+        shalloc::free(shalloc::alloc(b"attach", me).unwrap(), me).unwrap();
+        end.send(1);
+        let h = end.recv();
+        let ok = match shalloc::lock(handle(h), me) {
+            Ok(view) => u32::from(view.to_vec() == b"the block"),
+            Err(_) => 2,
+        };
+        end.send(ok);
+        end.wait_closed();
+        0
+    })
+}
+
+/// Whether thread `tid` of this process is blocked in `poll` or `ppoll` (waiting for the broker's
+/// reply).
+fn polling(tid: libc::pid_t) -> bool {
+    let syscall = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall"));
+    let number = syscall
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<i64>().ok());
+    number.is_some_and(|n| n == libc::SYS_poll || n == libc::SYS_ppoll)
+}
+
+#[test]
+fn a_third_process_waits_for_an_owner_stopped_between_channel_and_slot() {
+    let _env = TestEnv::new();
+    let (mut owner, mut owner_end) = stoppable_owner();
+    assert_eq!(owner_end.recv(), 1);
+    let b = owner.pid();
+    let (mut leaser, mut leaser_end) = fork_with_channel(move |mut end| {
+        end.send(shalloc::alloc(b"the block", b).unwrap().as_raw());
+        end.wait_closed();
+        0
+    });
+    let h = leaser_end.recv();
+    // (No listing here: a listing takes blocks off channels, and the owner must take this one.)
+    stop_at_get_seals(owner.raw(), || owner_end.send(h));
+    // The owner is stopped with the block in its hands. Our lock must wait for it, not fail.
+    let tid = std::sync::Arc::new(AtomicU64::new(0));
+    let locker = {
+        let tid = std::sync::Arc::clone(&tid);
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() } as u64, Ordering::SeqCst);
+            shalloc::lock_read_only(handle(h), b).map(|view| view.to_vec())
+        })
+    };
+    wait_for(
+        || "the locking thread never waited for the broker".into(),
+        || {
+            let t = tid.load(Ordering::SeqCst) as libc::pid_t;
+            locker.is_finished() || (t != 0 && polling(t))
+        },
+    );
+    assert!(
+        !locker.is_finished(),
+        "the lock was answered while the owner held the block: {:?}",
+        locker.join()
+    );
+    detach(owner.raw());
+    let third = locker.join().unwrap();
+    assert_eq!(third.as_deref().ok(), Some(&b"the block"[..]), "{third:?}");
+    assert_eq!(owner_end.recv(), 1, "the owner lost its block");
+    assert_eq!(served("alloc"), 0, "the block did not go over the channel");
+    leaser_end.close();
+    leaser.expect_success();
+    owner_end.close();
+    owner.expect_success();
+}
+
+#[test]
+fn a_leaser_that_exits_while_the_owner_holds_its_block_does_not_take_the_slot_away() {
+    let _env = TestEnv::new();
+    let (mut owner, mut owner_end) = stoppable_owner();
+    assert_eq!(owner_end.recv(), 1);
+    let b = owner.pid();
+    let (mut leaser, mut leaser_end) = fork_with_channel(move |mut end| {
+        end.send(shalloc::alloc(b"the block", b).unwrap().as_raw());
+        end.wait_closed();
+        0
+    });
+    let h = leaser_end.recv();
+    stop_at_get_seals(owner.raw(), || owner_end.send(h));
+    let connections = || {
+        shalloc::admin::listing(false)
+            .unwrap()
+            .unwrap()
+            .broker
+            .connections
+    };
+    let before = connections();
+    leaser_end.close();
+    leaser.expect_success();
+    // The broker has seen the leaser's connection close, and tried to end its channel.
+    wait_for(
+        || "the broker never saw the leaser leave".into(),
+        || connections() < before,
+    );
+    detach(owner.raw());
+    assert_eq!(
+        owner_end.recv(),
+        1,
+        "a handle whose alloc returned was lost"
+    );
+    assert_eq!(bytes_of(h, b, "after the owner resumed"), b"the block");
     owner_end.close();
     owner.expect_success();
 }
