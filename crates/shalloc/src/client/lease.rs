@@ -28,6 +28,12 @@ use super::connection::{CallError, Connection};
 const FIRST_REFUSED_SKIP: u32 = 4;
 const MAX_REFUSED_SKIP: u32 = 1024;
 
+/// The most targets this process keeps a lease for (two descriptors each: the target's pidfd and
+/// the channel); leases of targets that exited are dropped whenever a new lease is taken.
+const MAX_LEASES: usize = 64;
+/// The most refusals remembered (a few bytes each).
+const MAX_REFUSED: usize = 4096;
+
 /// One lease: the target, pinned, its channel and the values left.
 #[derive(Debug)]
 struct Lease {
@@ -86,14 +92,6 @@ impl Connection {
             .leases
             .by_pid
             .get(&pid)
-            .is_some_and(|l| exited(l.pidfd.as_fd()))
-        {
-            self.leases.by_pid.remove(&pid);
-        }
-        if self
-            .leases
-            .by_pid
-            .get(&pid)
             .is_none_or(|l| l.values.is_empty())
             && !self.lease(pid, deadline)?
         {
@@ -106,6 +104,7 @@ impl Connection {
             return Ok(None);
         };
         if exited(lease.pidfd.as_fd()) {
+            // Gone, or its pid given to another process: the broker answers for that pid.
             self.leases.by_pid.remove(&pid);
             return Ok(None);
         }
@@ -137,6 +136,9 @@ impl Connection {
         let (start, mask, sent) = match answer {
             Ok((Reply::Granted { start, mask, .. }, Some(fd))) => (start, mask, fd),
             Ok((Reply::Failed { .. }, _)) => {
+                if self.leases.refused.len() >= MAX_REFUSED {
+                    self.leases.refused.clear();
+                }
                 let refused = self.leases.refused.entry(pid).or_insert(Refused {
                     skip: 0,
                     next: FIRST_REFUSED_SKIP,
@@ -157,6 +159,16 @@ impl Connection {
         // we pinned before asking is still alive (then the pid was not reused in between).
         if exited(pidfd.as_fd()) {
             return Ok(false);
+        }
+        // Leases of processes that exited go now, so that their descriptors do not pile up; past
+        // the cap, an arbitrary one goes too.
+        self.leases
+            .by_pid
+            .retain(|_, lease| !exited(lease.pidfd.as_fd()));
+        if self.leases.by_pid.len() >= MAX_LEASES {
+            if let Some(&victim) = self.leases.by_pid.keys().next() {
+                self.leases.by_pid.remove(&victim);
+            }
         }
         let mut values: Vec<u32> = lease_values(start, mask).collect();
         values.reverse(); // popped from the end: lowest value first

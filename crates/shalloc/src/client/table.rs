@@ -240,8 +240,9 @@ impl OwnTable {
         Ok(value)
     }
 
-    /// Takes every block waiting on channel `k` into our table.
-    fn receive(&mut self, k: u32) {
+    /// Takes the blocks waiting on channel `k` into our table, up to and including `wanted`'s (the
+    /// rest wait for a call that needs them, or for the broker).
+    fn receive(&mut self, k: u32, wanted: u32) {
         let Some(channel) = self.channels.get(&k) else {
             return;
         };
@@ -252,8 +253,12 @@ impl OwnTable {
         loop {
             match channel::take(channel.as_fd()) {
                 Taken::Block(delivery, fd) => {
+                    let found = delivery.handle == wanted;
                     if let Some(block) = self.place(k, delivery, fd) {
                         taken.push(block);
+                    }
+                    if found {
+                        break;
                     }
                 }
                 Taken::Malformed => continue,
@@ -305,7 +310,7 @@ impl OwnTable {
         let mut state = self.segment.state(slot);
         if let State::Reserved { handle: h, channel } = state {
             if h == handle && self.channels.contains_key(&channel) {
-                self.receive(channel);
+                self.receive(channel, handle);
                 state = self.segment.state(slot);
             }
         }
