@@ -23,6 +23,8 @@
 //! - A forked child of a leaser gets a lease of its own: child and parent both fill the table, with
 //!   distinct values and the right bytes.
 //! - The broker's listing shows a block sent over a channel before its owner made any call.
+//! - A leaser keeps no descriptor for targets that exited: its count after leasing into 70
+//!   short-lived processes in turn is what it was after the first.
 //! - An owner stopped (ptrace) between taking a block off a channel and putting it in its slot
 //!   neither loses the block nor makes others' answers wrong: a third process's lock waits for it
 //!   and succeeds once it resumes, and a leaser that exits meanwhile does not take the block's
@@ -1232,4 +1234,38 @@ fn a_leaser_that_exits_while_the_owner_holds_its_block_does_not_take_the_slot_aw
     assert_eq!(bytes_of(h, b, "after the owner resumed"), b"the block");
     owner_end.close();
     owner.expect_success();
+}
+
+#[test]
+fn a_leaser_keeps_no_descriptors_for_targets_that_exited() {
+    let _env = TestEnv::new();
+    attach_own_table();
+    let mut counts = Vec::new();
+    for round in 0..70u32 {
+        let (mut target, mut end) = fork_with_channel(|mut end| {
+            attach_own_table();
+            end.send(1);
+            let h = end.recv();
+            let ok = shalloc::lock(handle(h), Pid::current()).is_ok_and(|v| v.to_vec() == b"lease");
+            end.send(u32::from(ok));
+            0
+        });
+        assert_eq!(end.recv(), 1);
+        let h = shalloc::alloc(b"lease", target.pid()).unwrap();
+        end.send(h.as_raw());
+        assert_eq!(
+            end.recv(),
+            1,
+            "round {round}: the target did not get its block"
+        );
+        target.expect_success();
+        counts.push(procs::open_fds());
+    }
+    assert_eq!(served("alloc"), 0, "the blocks did not go over channels");
+    // Each round leaves at most the lease of its own (exited) target until the next lease.
+    let first = counts[0];
+    assert!(
+        counts.iter().all(|&c| c <= first),
+        "descriptors piled up with dead targets: {counts:?}"
+    );
 }
