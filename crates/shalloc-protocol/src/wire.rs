@@ -303,6 +303,19 @@ mod kind {
     pub const R_FAILED: u16 = 0x80ff;
 }
 
+/// Reads the body every unasked frame with a block has (`handle | 0 | size`, request id 0).
+fn unasked_block(kind: u16, id: u32, body: &[u8]) -> Result<(u32, u64), DecodeError> {
+    let mut f = body_of(kind, body, 16)?;
+    let handle = f.u32();
+    if f.u32() != 0 || id != UNASKED_ID {
+        return Err(DecodeError::BadField {
+            kind,
+            what: "padding and request id must be 0",
+        });
+    }
+    Ok((handle, f.u64()))
+}
+
 /// Checks a lease run: at most 64 values, and no bit of `mask` past `count`.
 fn lease_run(kind: u16, count: u32, mask: u64) -> Result<(), DecodeError> {
     let beyond = if count >= 64 { 0 } else { mask >> count };
@@ -347,18 +360,8 @@ impl Delivery {
         if k != kind::DELIVERY {
             return Err(DecodeError::UnknownKind(k));
         }
-        let mut f = body_of(k, body, 16)?;
-        let handle = f.u32();
-        if f.u32() != 0 || id != UNASKED_ID {
-            return Err(DecodeError::BadField {
-                kind: k,
-                what: "padding and request id must be 0",
-            });
-        }
-        Ok(Delivery {
-            handle,
-            size: f.u64(),
-        })
+        let (handle, size) = unasked_block(k, id, body)?;
+        Ok(Delivery { handle, size })
     }
 }
 
@@ -719,18 +722,8 @@ impl Reply {
                 Reply::Unleased { channel }
             }
             kind::U_ADOPT => {
-                let mut f = body_of(k, body, 16)?;
-                let handle = f.u32();
-                if f.u32() != 0 || id != UNASKED_ID {
-                    return Err(DecodeError::BadField {
-                        kind: k,
-                        what: "padding and request id must be 0",
-                    });
-                }
-                Reply::Adopt {
-                    handle,
-                    size: f.u64(),
-                }
+                let (handle, size) = unasked_block(k, id, body)?;
+                Reply::Adopt { handle, size }
             }
             kind::R_FAILED => {
                 if body.len() < 8 {

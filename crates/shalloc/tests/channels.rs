@@ -1140,6 +1140,38 @@ fn stoppable_owner() -> (Child, End) {
     })
 }
 
+/// An owner stopped holding a block it took off a channel, and the leaser that sent it.
+struct Stopped {
+    owner: Child,
+    owner_end: End,
+    leaser: Child,
+    leaser_end: End,
+    h: u32,
+}
+
+/// Starts an owner and a leaser; the leaser sends the owner a block over its channel, and the
+/// owner, told the handle, is stopped between taking it off the channel and its slot.
+fn owner_stopped_holding_a_block() -> Stopped {
+    let (owner, mut owner_end) = stoppable_owner();
+    assert_eq!(owner_end.recv(), 1);
+    let b = owner.pid();
+    let (leaser, mut leaser_end) = fork_with_channel(move |mut end| {
+        end.send(shalloc::alloc(b"the block", b).unwrap().as_raw());
+        end.wait_closed();
+        0
+    });
+    let h = leaser_end.recv();
+    // (No listing before this: a listing takes blocks off channels, and the owner must.)
+    stop_at_get_seals(owner.raw(), || owner_end.send(h));
+    Stopped {
+        owner,
+        owner_end,
+        leaser,
+        leaser_end,
+        h,
+    }
+}
+
 /// Whether thread `tid` of this process is blocked in `poll` or `ppoll` (waiting for the broker's
 /// reply).
 fn polling(tid: libc::pid_t) -> bool {
@@ -1153,17 +1185,14 @@ fn polling(tid: libc::pid_t) -> bool {
 #[test]
 fn a_third_process_waits_for_an_owner_stopped_between_channel_and_slot() {
     let _env = TestEnv::new();
-    let (mut owner, mut owner_end) = stoppable_owner();
-    assert_eq!(owner_end.recv(), 1);
+    let Stopped {
+        mut owner,
+        mut owner_end,
+        mut leaser,
+        mut leaser_end,
+        h,
+    } = owner_stopped_holding_a_block();
     let b = owner.pid();
-    let (mut leaser, mut leaser_end) = fork_with_channel(move |mut end| {
-        end.send(shalloc::alloc(b"the block", b).unwrap().as_raw());
-        end.wait_closed();
-        0
-    });
-    let h = leaser_end.recv();
-    // (No listing here: a listing takes blocks off channels, and the owner must take this one.)
-    stop_at_get_seals(owner.raw(), || owner_end.send(h));
     // The owner is stopped with the block in its hands. Our lock must wait for it, not fail.
     let tid = std::sync::Arc::new(AtomicU64::new(0));
     let locker = {
@@ -1200,16 +1229,14 @@ fn a_third_process_waits_for_an_owner_stopped_between_channel_and_slot() {
 #[test]
 fn a_leaser_that_exits_while_the_owner_holds_its_block_does_not_take_the_slot_away() {
     let _env = TestEnv::new();
-    let (mut owner, mut owner_end) = stoppable_owner();
-    assert_eq!(owner_end.recv(), 1);
+    let Stopped {
+        mut owner,
+        mut owner_end,
+        mut leaser,
+        mut leaser_end,
+        h,
+    } = owner_stopped_holding_a_block();
     let b = owner.pid();
-    let (mut leaser, mut leaser_end) = fork_with_channel(move |mut end| {
-        end.send(shalloc::alloc(b"the block", b).unwrap().as_raw());
-        end.wait_closed();
-        0
-    });
-    let h = leaser_end.recv();
-    stop_at_get_seals(owner.raw(), || owner_end.send(h));
     let connections = || {
         shalloc::admin::listing(false)
             .unwrap()
