@@ -130,7 +130,7 @@ impl Broker {
         let max = self.config.limits.max_block;
         let invalid = || Failure::invalid_handle(handle, owner);
         self.table(caller, owner, false)?.ok_or_else(invalid)?;
-        if self.settle_reserved(owner, handle) {
+        if self.settle_reserved(owner, handle)? {
             return Err(invalid().owner_busy());
         }
         let table = self.tables.live(owner).ok_or_else(invalid)?;
@@ -178,7 +178,7 @@ impl Broker {
     pub(crate) fn free(&mut self, caller: &Process, handle: u32, owner: u32) -> Answer {
         let invalid = || Failure::invalid_handle(handle, owner);
         self.table(caller, owner, false)?.ok_or_else(invalid)?;
-        if self.settle_reserved(owner, handle) {
+        if self.settle_reserved(owner, handle)? {
             return Err(invalid().owner_busy());
         }
         let table = self.tables.live(owner).ok_or_else(invalid)?;
@@ -303,38 +303,60 @@ impl Broker {
     /// Takes the blocks waiting on the channel whose reserved slot `handle` is, so that a request
     /// about it sees what its sender already sent. Whether the owner still holds a block it took
     /// off a channel and has not put in its slot (after a short spin): then the answer must wait.
-    fn settle_reserved(&mut self, owner: u32, handle: u32) -> bool {
+    /// A failure when the block may be on the channel but the broker may hold no more blocks.
+    fn settle_reserved(&mut self, owner: u32, handle: u32) -> Result<bool, Failure> {
         let Some(table) = self.tables.live(owner) else {
-            return false;
+            return Ok(false);
         };
         let Some(slot) = shalloc_protocol::segment::slot_of(handle, table.segment.capacity())
         else {
-            return false;
+            return Ok(false);
         };
         let State::Reserved { channel: k, .. } = table.segment.state(slot) else {
-            return false;
+            return Ok(false);
         };
         let reserved = State::Reserved { handle, channel: k };
-        let give_up = std::time::Instant::now() + RECEIVING_SPIN;
+        // Spin only the first time: a request tried again after being set aside looks once, so
+        // that an owner stuck with its receiving word set costs the loop nothing per retry.
+        let spin = if self.retrying {
+            std::time::Duration::ZERO
+        } else {
+            RECEIVING_SPIN
+        };
+        let give_up = std::time::Instant::now() + spin;
         loop {
             self.take_deliveries(owner, k);
+            let full = self.tables.pending_count() >= self.max_live_handles();
             let Some(table) = self.tables.live(owner) else {
-                return false;
+                return Ok(false);
             };
-            if table.segment.state(slot) != reserved || !table.segment.receiving() {
-                return false;
+            if table.segment.state(slot) != reserved {
+                return Ok(false);
+            }
+            if full {
+                return Err(Failure::no_resources(format!(
+                    "handle {handle:#x} may be on its way to process {owner}, and the broker holds                      as many blocks as it may: ask again after some are freed"
+                )));
+            }
+            if !table.segment.receiving() {
+                return Ok(false);
             }
             if std::time::Instant::now() > give_up {
-                return true;
+                return Ok(true);
             }
             std::thread::yield_now();
         }
     }
 
-    /// Takes every block waiting on channel `k` of `owner`'s table, and queues them for the owner.
+    /// Takes the blocks waiting on channel `k` of `owner`'s table, and queues them for the owner:
+    /// as many as the broker may hold (each costs it a descriptor, within the user's total); the
+    /// rest stay on the channel for the owner.
     pub(crate) fn take_deliveries(&mut self, owner: u32, k: u32) {
         let max = self.config.limits.max_block;
-        for (handle, block) in self.tables.take_deliveries(owner, k, max) {
+        let room = self
+            .max_live_handles()
+            .saturating_sub(self.tables.pending_count());
+        for (handle, block) in self.tables.take_deliveries(owner, k, max, room) {
             self.outbox.push((owner, handle, block));
         }
     }
@@ -343,13 +365,16 @@ impl Broker {
     /// it, empties the values it did not use, and tells the owner. Not while the owner may hold a
     /// block it took off a channel and has not put in its slot: then `false`, and the caller tries
     /// again later (the block would be lost with its emptied slot).
-    pub(crate) fn end_channel(&mut self, owner: u32, k: u32) -> bool {
+    ///
+    /// With `give_up` (the owner kept its word set past [`crate::state`]'s limit: it is stopped or
+    /// hostile), the channel ends anyway.
+    pub(crate) fn end_channel(&mut self, owner: u32, k: u32, give_up: bool) -> bool {
         self.take_deliveries(owner, k);
         let busy = self
             .tables
             .live(owner)
             .is_some_and(|t| t.segment.receiving());
-        if busy {
+        if busy && !give_up {
             return false;
         }
         let values = self.tables.remove_channel(owner, k);

@@ -87,8 +87,10 @@ pub(crate) struct Broker {
     pub outbox: Vec<(u32, u32, std::rc::Rc<crate::block::Block>)>,
     parked: Vec<Parked>,
     /// Channels whose sender left, to end once their owner holds no block between channel and
-    /// slot: (owner pid, channel).
-    ending: Vec<(u32, u32)>,
+    /// slot (or after [`PARK_LIMIT`]): (owner pid, channel, since).
+    ending: Vec<(u32, u32, std::time::Instant)>,
+    /// Set while requests set aside are tried again (see `settle_reserved`).
+    pub retrying: bool,
 }
 
 /// Counters for `shalloc ls`.
@@ -161,6 +163,7 @@ impl Broker {
             outbox: Vec::new(),
             parked: Vec::new(),
             ending: Vec::new(),
+            retrying: false,
         })
     }
 
@@ -542,8 +545,8 @@ impl Broker {
     /// A connection ended, and with it the channels leased through it.
     fn end_channels_of(&mut self, token: u64) {
         for (owner, k) in self.tables.channels_of(token) {
-            if !self.end_channel(owner, k) {
-                self.ending.push((owner, k));
+            if !self.end_channel(owner, k, false) {
+                self.ending.push((owner, k, std::time::Instant::now()));
             }
         }
         self.deliver(None);
@@ -552,12 +555,13 @@ impl Broker {
     /// Tries again what waits on a table's owner: requests set aside, and channels to end.
     fn retry_waiting(&mut self) {
         let ending = std::mem::take(&mut self.ending);
-        for (owner, k) in ending {
-            if !self.end_channel(owner, k) {
-                self.ending.push((owner, k));
+        for (owner, k, since) in ending {
+            if !self.end_channel(owner, k, since.elapsed() >= PARK_LIMIT) {
+                self.ending.push((owner, k, since));
             }
         }
         self.deliver(None);
+        self.retrying = true;
         for parked in std::mem::take(&mut self.parked) {
             let Some(mut conn) = self.connections.remove(&parked.token) else {
                 continue; // dropped meanwhile
@@ -588,6 +592,7 @@ impl Broker {
             );
             self.connections.insert(token, conn);
         }
+        self.retrying = false;
     }
 
     /// Sends `message` (with `fd`) unasked to the connection `pid`'s table is attached through,

@@ -49,6 +49,9 @@ pub(crate) struct Channel {
     next_run: u32,
 }
 
+/// Frames read off a channel beyond its reserved values in one go (malformed ones, duplicates).
+const FRAME_SLACK: usize = 16;
+
 /// A block taken off a channel: (handle, block).
 pub(crate) type Taken = (u32, Rc<Block>);
 
@@ -302,9 +305,11 @@ impl Tables {
         }
     }
 
-    /// Takes every block waiting on channel `k` of `pid`'s table into the broker's keeping (each
-    /// checked, and only into a slot reserved for that channel): the blocks taken, for their owner.
-    pub fn take_deliveries(&mut self, pid: u32, k: u32, max_block: u64) -> Vec<Taken> {
+    /// Takes the blocks waiting on channel `k` of `pid`'s table into the broker's keeping (each
+    /// checked, and only into a slot reserved for that channel), at most `room` of them: the blocks
+    /// taken, for their owner. It reads at most as many frames as the channel has values reserved
+    /// (and a few more), so senders that keep writing garbage cannot hold the broker here.
+    pub fn take_deliveries(&mut self, pid: u32, k: u32, max_block: u64, room: usize) -> Vec<Taken> {
         use shalloc_protocol::channel::{self, Taken as Took};
         let mut taken = Vec::new();
         let Some(table) = self.by_pid.get_mut(&pid) else {
@@ -313,7 +318,9 @@ impl Tables {
         let Some(channel) = table.channels.get(&k) else {
             return taken;
         };
-        loop {
+        let mut frames = channel.values.len() + FRAME_SLACK;
+        while taken.len() < room && frames > 0 {
+            frames -= 1;
             let (delivery, fd) = match channel::take(std::os::fd::AsFd::as_fd(&channel.recv)) {
                 Took::Block(delivery, fd) => (delivery, fd),
                 Took::Malformed => continue,

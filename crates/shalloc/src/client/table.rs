@@ -30,6 +30,9 @@ use super::connection::{CallError, Connection, Unasked};
 use crate::error::{Error, Result};
 use crate::ids::Handle;
 
+/// The most frames one look at a channel reads.
+const MAX_FRAMES_PER_RECEIVE: usize = 1024;
+
 /// A block whose descriptor this process holds for its own table.
 #[derive(Debug)]
 struct Held {
@@ -250,7 +253,9 @@ impl OwnTable {
         let mut finished = false;
         // Set before the first block leaves the channel, cleared after the last is in its slot.
         self.segment.set_receiving(true);
-        loop {
+        // Bounded, so that senders that keep writing cannot hold us here (a lease run is at most
+        // 64 values; what is left waits for the next call).
+        for _ in 0..MAX_FRAMES_PER_RECEIVE {
             match channel::take(channel.as_fd()) {
                 Taken::Block(delivery, fd) => {
                     let found = delivery.handle == wanted;
