@@ -277,26 +277,22 @@ impl Broker {
         let (start, count, mask) = self.tables.reserve(target, k).ok_or_else(|| {
             Failure::no_resources(format!("no handle values of process {target} to lease"))
         })?;
-        let told = self.tables.get(target).and_then(|t| {
-            let channel = t.channels.get(&k)?;
-            let recv = channel.recv.try_clone().ok()?;
-            let send = channel.send.try_clone().ok()?;
-            Some((recv, send))
-        });
         let leased = Reply::Leased {
             channel: k,
             start,
             count,
             mask,
         };
-        let values = shalloc_protocol::wire::lease_values(start, mask);
-        let Some((recv, send)) =
-            told.filter(|(recv, _)| self.tell_owner(target, &leased, Some(recv)))
-        else {
+        // The owner first (the kernel copies the receiving end into the message), then the caller.
+        let channel = self.tables.get(target).and_then(|t| t.channels.get(&k));
+        let send = channel
+            .filter(|c| self.tell_owner(target, &leased, Some(&c.recv)))
+            .and_then(|c| c.send.try_clone().ok());
+        let Some(send) = send else {
+            let values = shalloc_protocol::wire::lease_values(start, mask);
             self.tables.unreserve(target, k, values);
             return Err(not_attached());
         };
-        drop(recv);
         Ok((Reply::Granted { start, count, mask }, Some(send)))
     }
 
@@ -379,8 +375,8 @@ impl Broker {
         }
         let values = self.tables.remove_channel(owner, k);
         self.tables.unreserve(owner, k, values);
-        let recv = None;
-        self.tell_owner(owner, &Reply::Unleased { channel: k }, recv);
+        // If the owner does not hear of it, it keeps a closed-off end until its table goes.
+        self.tell_owner(owner, &Reply::Unleased { channel: k }, None);
         true
     }
 
