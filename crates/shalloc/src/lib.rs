@@ -87,6 +87,7 @@ mod client;
 mod copy;
 mod error;
 mod ids;
+mod own_pid;
 mod view;
 mod views;
 

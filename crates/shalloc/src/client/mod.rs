@@ -49,7 +49,7 @@ impl Client {
     /// credentials name the parent) and the parent's table. Called in the child right after
     /// `fork`, and again before every use.
     pub fn forget_inherited(&mut self) {
-        let me = std::process::id();
+        let me = crate::own_pid::get();
         if self.pid != me {
             self.pid = me;
             self.conn = None;

@@ -193,7 +193,7 @@ impl OwnTable {
         let full = || Error::TooManyHandles {
             reason: format!(
                 "the table of process {} already holds {capacity} handles, its limit",
-                std::process::id()
+                crate::own_pid::get()
             ),
         };
         if self.held.len() >= capacity {
