@@ -15,6 +15,7 @@ mod floor;
 mod load;
 mod measure;
 mod peer;
+mod pinning;
 mod plot;
 mod report;
 mod systems;
@@ -59,9 +60,16 @@ struct Args {
     /// Only these sizes in bytes (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "BYTES")]
     sizes: Vec<usize>,
+    /// Leave the placement of A and its peers to the scheduler (by default A runs on one CPU
+    /// and every peer on another, so every system pays the same wake-ups).
+    #[arg(long)]
+    no_pin: bool,
     /// Run as the receiving peer of SYSTEM on stdin (internal).
     #[arg(long, hide = true, value_name = "SYSTEM")]
     peer: Option<String>,
+    /// The CPU the peer runs on (internal).
+    #[arg(long, hide = true, value_name = "CPU")]
+    peer_cpu: Option<usize>,
     /// Broker throughput instead: requests/s with 1, 4 and 16 client processes, beside a raw
     /// SOCK_SEQPACKET echo server.
     #[arg(long, conflicts_with = "memory")]
@@ -85,7 +93,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let outcome = match &args.peer {
         Some(name) => match System::from_name(name) {
-            Some(system) => run_peer(system),
+            Some(system) => run_peer(system, args.peer_cpu),
             None => Err(format!("no system called {name:?}").into()),
         },
         None => match (&args.load_client, &args.echo_server) {
@@ -312,9 +320,25 @@ fn run(args: &Args) -> Result<()> {
     let exe = std::env::current_exe()?;
     let broker = broker_executable(&exe)?;
     let machine = machine();
+    let _env = BrokerEnv::start(&broker)?;
+    // Pinned after the broker started, which keeps the scheduler's placement.
+    let placement = if args.no_pin {
+        None
+    } else {
+        pinning::choose()?
+    };
+    if let Some(placement) = placement {
+        pinning::pin_to(placement.a)?;
+    }
+    let machine = format!(
+        "{machine}; {}",
+        match placement {
+            Some(p) => format!("A on CPU {}, peers on CPU {}", p.a, p.b),
+            None => "placement left to the scheduler".into(),
+        }
+    );
     let mode = if args.quick { "quick" } else { "full" };
     println!("shalloc-bench ({mode} run) on {machine}");
-    let _env = BrokerEnv::start(&broker)?;
 
     let max_size = sizes.iter().copied().max().unwrap_or(0);
     let data = test_data(max_size);
@@ -323,7 +347,7 @@ fn run(args: &Args) -> Result<()> {
     let mut peers: BTreeMap<System, Peer> = BTreeMap::new();
     if scenarios.contains(&Scenario::Handoff) {
         for &system in &systems {
-            peers.insert(system, Peer::spawn(system, &exe)?);
+            peers.insert(system, Peer::spawn(system, &exe, placement.map(|p| p.b))?);
         }
     }
 

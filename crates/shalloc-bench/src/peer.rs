@@ -31,12 +31,15 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Starts `exe --peer SYSTEM` and waits until it is ready.
-    pub fn spawn(system: System, exe: &Path) -> Result<Peer> {
+    /// Starts `exe --peer SYSTEM` (on `cpu` only, when given) and waits until it is ready.
+    pub fn spawn(system: System, exe: &Path, cpu: Option<usize>) -> Result<Peer> {
         let (ctl, theirs) = UnixStream::pair()?;
-        let child = Command::new(exe)
-            .arg(PEER_FLAG)
-            .arg(system.name())
+        let mut command = Command::new(exe);
+        command.arg(PEER_FLAG).arg(system.name());
+        if let Some(cpu) = cpu {
+            command.arg("--peer-cpu").arg(cpu.to_string());
+        }
+        let child = command
             .stdin(Stdio::from(OwnedFd::from(theirs)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -143,8 +146,13 @@ impl Peer {
     }
 }
 
-/// B's side: serves hand-offs of `system` on stdin until told to quit or stdin closes.
-pub fn run_peer(system: System) -> Result<()> {
+/// B's side: serves hand-offs of `system` on stdin until told to quit or stdin closes, on `cpu`
+/// only when given.
+pub fn run_peer(system: System, cpu: Option<usize>) -> Result<()> {
+    if let Some(cpu) = cpu {
+        // First, so that threads the peer starts (ipc-channel's) run there too.
+        crate::pinning::pin_to(cpu)?;
+    }
     let ctl = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     match system {
         System::IpcChannel => return run_ipc_peer(&ctl),
