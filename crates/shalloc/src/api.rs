@@ -64,7 +64,7 @@ pub(crate) fn alloc_contents_if(
 ) -> Result<Option<Handle>> {
     check_pid(to)?;
     let size = contents.len();
-    let max = client::broker_info()?.max_block;
+    let max = client::max_block()?;
     if size > max {
         return Err(Error::TooLarge { size, max });
     }

@@ -50,7 +50,7 @@ impl SealedBlock {
     /// an error here rather than a `SIGBUS` in a reader (or in the fill function).
     pub fn new(contents: Contents<'_>, frozen: bool) -> Result<SealedBlock> {
         let fd =
-            rustix::fs::memfd_create("shalloc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+            rustix::fs::memfd_create(c"shalloc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
                 .map_err(|e| Error::os("memfd_create", e))?;
         let size = contents.len();
         let reserve = |len: u64| {

@@ -150,6 +150,20 @@ pub fn broker_info() -> Result<BrokerInfo> {
     })
 }
 
+/// The largest block the broker accepts: from the connection this process holds, else from a new
+/// one (as [`broker_info`]). Cheaper than [`broker_info`], which every allocation asks before it
+/// makes its block.
+pub(crate) fn max_block() -> Result<u64> {
+    {
+        let mut guard = lock_client();
+        guard.forget_inherited();
+        if let Some(conn) = guard.conn.as_ref() {
+            return Ok(conn.max_block);
+        }
+    }
+    Ok(broker_info()?.max_block)
+}
+
 /// Runs `f` on this process's connection, opening one when there is none (or only one inherited
 /// from a parent), and retrying once on a fresh connection when the old one turns out broken.
 fn with_connection<T>(
