@@ -90,6 +90,18 @@ fn jitter(round: u64) {
     }
 }
 
+/// Waits a pseudo-random 0–254 µs, giving the CPU away meanwhile: for a race between a call
+/// without a round trip (microseconds) and one through the broker (tens of microseconds, more
+/// when the other process shares our CPU and must wait for us to yield), so that each side wins
+/// some rounds.
+fn yielding_jitter(round: u64) {
+    let micros = (round.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57) * 2;
+    let until = Instant::now() + Duration::from_micros(micros);
+    while Instant::now() < until {
+        std::thread::yield_now();
+    }
+}
+
 fn bytes_of(round: u64) -> [u8; 8] {
     round.to_le_bytes()
 }
@@ -179,7 +191,7 @@ fn a_lock_that_starts_after_a_remote_free_returned_fails() {
         let h = shalloc::alloc(&bytes_of(round), me).unwrap();
         s.set(HANDLE, u64::from(h.as_raw()));
         s.set(ROUND, round + 1);
-        jitter(round);
+        yielding_jitter(round);
         let started = now_ns();
         let view = shalloc::lock(h, me);
         s.wait_for(DONE, round + 1);

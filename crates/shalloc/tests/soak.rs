@@ -228,6 +228,7 @@ fn soak_mixed_sizes_same_process_and_handoff_without_growth() {
         l.tables.is_empty() && l.broker.handles == 0 && l.broker.connections == 2
     };
     let mut samples: Vec<Sample> = Vec::new();
+    let mut warm_targets = Vec::new();
     let mut short_lived = 0;
     let started = Instant::now();
     for n in 0..cycles {
@@ -250,6 +251,11 @@ fn soak_mixed_sizes_same_process_and_handoff_without_growth() {
                 s.own_rss_kib,
                 started.elapsed()
             );
+            if samples.len() < WARM_UP_SAMPLES
+                && samples.iter().all(|w| w.broker_fds < s.broker_fds)
+            {
+                warm_targets = support::fd_targets(&broker);
+            }
             samples.push(s);
         }
         let (size, offset) = block_of(n);
@@ -284,7 +290,10 @@ fn soak_mixed_sizes_same_process_and_handoff_without_growth() {
     let fd_growth: Vec<&Sample> = steady.iter().filter(|s| s.broker_fds > warm_fds).collect();
     assert!(
         fd_growth.is_empty(),
-        "the broker's descriptors grew past {warm_fds}: {fd_growth:?}"
+        "the broker's descriptors grew past {warm_fds}: {fd_growth:?}\nat the warm-up's \
+         largest: {:?}\nnow: {:?}",
+        warm_targets,
+        support::fd_targets(&broker)
     );
     assert!(
         last.broker_rss_kib <= warm_rss + RSS_SLACK_KIB,

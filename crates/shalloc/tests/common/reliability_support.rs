@@ -87,6 +87,25 @@ pub fn fd_count(pid: &str) -> usize {
         .count()
 }
 
+/// What each descriptor of process `pid` names (`readlink` of `/proc/<pid>/fd/<n>`), sorted: for
+/// failure messages that say which descriptor leaked.
+pub fn fd_targets(pid: &str) -> Vec<String> {
+    let mut targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let target = std::fs::read_link(e.path()).ok()?;
+            Some(format!(
+                "{}->{}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            ))
+        })
+        .collect();
+    targets.sort();
+    targets
+}
+
 /// The inode of every file process `pid` has open (memfds included).
 pub fn fd_inodes(pid: &str) -> Vec<u64> {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
