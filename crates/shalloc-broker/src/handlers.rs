@@ -141,7 +141,14 @@ impl Broker {
         let State::Live { fd, .. } = state else {
             return Err(invalid());
         };
-        let block = reopen(&table.process, fd, handle, max)?;
+        // Marked before the block can leave the owner, so that the owner never recycles it (it
+        // may be mapped elsewhere from now on); a stale mark costs only a recycling.
+        table.segment.mark_exported(slot);
+        if table.segment.state(slot) != state {
+            return Err(invalid());
+        }
+        let (size, _) = table.segment.info(slot);
+        let block = reopen(&table.process, fd, handle, size, max)?;
         if table.segment.state(slot) != state {
             return Err(invalid());
         }

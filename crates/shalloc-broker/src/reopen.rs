@@ -25,8 +25,15 @@ use crate::block::Block;
 use crate::failure::Failure;
 use crate::process::Process;
 
-/// Opens descriptor `fd` of `owner` again as a block, no larger than `max`.
-pub(crate) fn reopen(owner: &Process, fd: u32, handle: u32, max: u64) -> Result<Block, Failure> {
+/// Opens descriptor `fd` of `owner` again as a block of `size` bytes (what the owner's segment
+/// says; checked against the memfd like any claimed size), no larger than `max`.
+pub(crate) fn reopen(
+    owner: &Process,
+    fd: u32,
+    handle: u32,
+    size: u64,
+    max: u64,
+) -> Result<Block, Failure> {
     let gone = |e: Errno| match e {
         Errno::ACCESS | Errno::PERM => Failure::access_denied(format!(
             "the block of handle {handle:#x} cannot be reached in process {} ({e})",
@@ -61,8 +68,6 @@ pub(crate) fn reopen(owner: &Process, fd: u32, handle: u32, max: u64) -> Result<
         Mode::empty(),
     )
     .map_err(gone)?;
-    let size =
-        u64::try_from(stat.st_size).map_err(|_| Failure::invalid_handle(handle, owner.pid))?;
     Block::accept(file, size, max).map_err(|_| Failure::invalid_handle(handle, owner.pid))
 }
 

@@ -4,7 +4,13 @@
 //!
 //! It must be a regular shmem file (a memfd: only shmem and hugetlbfs files have seals) open for
 //! reading and writing, sealed so that no holder can shrink, grow or re-seal it — so no receiver can
-//! be made to `SIGBUS` — with exactly the size its sender claims, within the receiver's cap.
+//! be made to `SIGBUS` — within the receiver's cap, and as long as the size its sender claims, or as
+//! long as that size's [class](class_bytes).
+//!
+//! Sizes and classes: a block's *size* is what its holders see (views map it, `SHGetSizeShared`
+//! reports it); its memfd may be longer, by up to a quarter, so that a block of one size can be
+//! recycled for another of the same class. Every byte past the size is zero, whoever reads the
+//! memfd (the allocator's promise, see the client's block pool).
 
 use std::os::fd::AsFd;
 
@@ -38,8 +44,8 @@ pub enum NotABlock {
     /// Open read-only or write-only.
     #[error("the memfd is not open for reading and writing")]
     NotReadWrite,
-    /// Its size is not the one claimed.
-    #[error("the memfd holds {actual} bytes, not the {claimed} claimed")]
+    /// Its size is neither the one claimed nor that size's class.
+    #[error("the memfd holds {actual} bytes, not the {claimed} claimed (or their class)")]
     WrongSize {
         /// The memfd's size.
         actual: u64,
@@ -54,6 +60,42 @@ pub enum NotABlock {
         /// Its error.
         errno: rustix::io::Errno,
     },
+}
+
+/// The pages below which every page count is a class of its own.
+const EXACT_PAGES: u64 = 4;
+/// The unit classes are counted in: 4 KiB, whatever the machine's page size (a class need not be
+/// a whole number of pages, only the same for everyone).
+const CLASS_UNIT: u64 = 4096;
+
+/// The memfd length of a block of `size` bytes that may be recycled: `size` rounded up to 4 KiB,
+/// then (from 16 KiB) to one of four steps per doubling, so a class wastes at most a quarter of its
+/// length (which costs no memory until written: the tail of a fresh block is a hole). 0 for 0.
+///
+/// ```
+/// use shalloc_protocol::block::class_bytes;
+/// assert_eq!(class_bytes(0), 0);
+/// assert_eq!(class_bytes(64), 4096);
+/// assert_eq!(class_bytes(4096), 4096);
+/// assert_eq!(class_bytes(4097), 8192);
+/// assert_eq!(class_bytes(64 << 10), 64 << 10);
+/// assert_eq!(class_bytes((64 << 10) + 1), 80 << 10);
+/// assert_eq!(class_bytes(1 << 20), 1 << 20);
+/// ```
+pub fn class_bytes(size: u64) -> u64 {
+    if size == 0 {
+        return 0;
+    }
+    let units = size.div_ceil(CLASS_UNIT);
+    if units <= EXACT_PAGES {
+        return units * CLASS_UNIT;
+    }
+    // Four steps per doubling: a step is a quarter of the largest power of two not above `units`.
+    let step = 1u64 << (63 - units.leading_zeros() - 2);
+    units
+        .div_ceil(step)
+        .saturating_mul(step)
+        .saturating_mul(CLASS_UNIT)
 }
 
 /// Checks `fd` as a block of `size` bytes, no larger than `max`: `Ok(frozen)`, where a frozen block
@@ -77,7 +119,7 @@ pub fn check(fd: impl AsFd, size: u64, max: u64) -> Result<bool, NotABlock> {
         return Err(NotABlock::NotReadWrite);
     }
     let actual = u64::try_from(stat.st_size).unwrap_or(u64::MAX);
-    if actual != size {
+    if actual != size && actual != class_bytes(size) {
         return Err(NotABlock::WrongSize {
             actual,
             claimed: size,

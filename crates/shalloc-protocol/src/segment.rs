@@ -12,8 +12,14 @@
 //! offset 0:   header  capacity u64 | remote frees u64 | owner receiving u64 | 40 bytes (0)
 //! offset 64:  slot i (16 bytes each): state u64 | info u64
 //! state:      handle u32 (high half) | descriptor or channel u30 | status u2   (0 = empty)
-//! info:       block size (63 bits) | frozen (top bit): for listings only
+//! info:       frozen (bit 63) | exported (bit 62) | block size (62 bits)
 //! ```
+//!
+//! The info word gives a block's size (for listings, and for the broker's reopening of it, which
+//! checks it against the memfd) and one more fact: *exported*, set by the broker before it reopens
+//! a block from its owner's descriptor for anyone. The owner reads it once the handle is closed: a
+//! block that left the process may be mapped elsewhere, so it is never recycled (see the client's
+//! block pool). Only the owner clears it; the broker's writes of the word keep it.
 //!
 //! A `Reserved` slot holds a handle value the broker leased to another process for blocks it puts
 //! into this table itself, over a *channel* (see [`crate::channel`]): the block is on its way, or
@@ -55,6 +61,8 @@ const STATUS_RESERVED: u64 = 3;
 const FD_BITS: u32 = 30;
 const FD_MASK: u64 = (1 << FD_BITS) - 1;
 const FROZEN_BIT: u64 = 1 << 63;
+const EXPORTED_BIT: u64 = 1 << 62;
+const SIZE_MASK: u64 = EXPORTED_BIT - 1;
 
 /// The bytes a segment of `capacity` slots occupies.
 pub fn segment_bytes(capacity: usize) -> usize {
@@ -159,14 +167,14 @@ impl State {
     }
 }
 
-/// The listing word of a slot: the block's size and whether it is frozen.
+/// The info word of a slot: the block's size and whether it is frozen (not exported).
 pub fn encode_info(size: u64, frozen: bool) -> u64 {
-    (size & !FROZEN_BIT) | if frozen { FROZEN_BIT } else { 0 }
+    (size & SIZE_MASK) | if frozen { FROZEN_BIT } else { 0 }
 }
 
-/// Reads a listing word back into (size, frozen).
+/// Reads an info word back into (size, frozen).
 pub fn decode_info(info: u64) -> (u64, bool) {
-    (info & !FROZEN_BIT, info & FROZEN_BIT != 0)
+    (info & SIZE_MASK, info & FROZEN_BIT != 0)
 }
 
 /// A segment mapped into this process, read/write and shared.
@@ -267,11 +275,31 @@ impl Segment {
         .map_err(State::decode)
     }
 
-    /// Writes the listing word of `slot` (before the slot is made `Live` or `Pending`).
+    /// Writes the info word of `slot` (before the slot is made `Live` or `Pending`), keeping its
+    /// exported mark.
     pub fn set_info(&self, slot: usize, size: u64, frozen: bool) {
         if let Some(word) = self.slot_word(slot, 1) {
-            word.store(encode_info(size, frozen), Ordering::Release);
+            let info = encode_info(size, frozen);
+            let _ = word.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |old| {
+                Some(info | (old & EXPORTED_BIT))
+            });
         }
+    }
+
+    /// Marks the block in `slot` as exported (the broker does, before it reopens the block).
+    pub fn mark_exported(&self, slot: usize) {
+        if let Some(word) = self.slot_word(slot, 1) {
+            word.fetch_or(EXPORTED_BIT, Ordering::SeqCst);
+        }
+    }
+
+    /// Clears `slot`'s exported mark and says whether it was set (the owner does, after the slot
+    /// left `Live`): whether the broker may have reopened a block that was in it. A mark left
+    /// from an earlier block only makes a later one look exported too, which costs only its
+    /// recycling.
+    pub fn take_exported(&self, slot: usize) -> bool {
+        self.slot_word(slot, 1)
+            .is_some_and(|w| w.fetch_and(!EXPORTED_BIT, Ordering::SeqCst) & EXPORTED_BIT != 0)
     }
 
     /// The listing word of `slot`: (size, frozen).
@@ -358,6 +386,26 @@ mod tests {
         assert_eq!(slot_of(FIRST_HANDLE + 2, 10), None);
         assert_eq!(slot_of(0, 10), None);
         assert_eq!(slot_of(HANDLE_LIMIT, 10), None);
+    }
+
+    #[test]
+    fn the_exported_mark_survives_the_brokers_info_writes_until_the_owner_takes_it() {
+        let fd = rustix::fs::memfd_create(c"seg", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, segment_bytes(4) as u64).unwrap();
+        let segment = Segment::map(&fd, 4, false).unwrap();
+        assert!(!segment.take_exported(1));
+        segment.set_info(1, 100, false);
+        segment.mark_exported(1);
+        segment.set_info(1, 200, true);
+        assert_eq!(
+            segment.info(1),
+            (200, true),
+            "the mark is not part of the size"
+        );
+        assert!(segment.take_exported(1));
+        assert!(!segment.take_exported(1), "taken once");
+        assert_eq!(segment.info(1), (200, true));
+        assert!(!segment.take_exported(9), "past the end");
     }
 
     #[test]

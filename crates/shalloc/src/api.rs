@@ -3,10 +3,11 @@
 
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use shalloc_protocol::wire::{Reply, Request};
 
-use crate::block::{Contents, SealedBlock};
+use crate::block::{self, Block, Contents};
 use crate::client::{self, table::Lookup};
 use crate::error::{Error, Result};
 use crate::ids::{Handle, Pid};
@@ -68,32 +69,37 @@ pub(crate) fn alloc_contents_if(
     if size > max {
         return Err(Error::TooLarge { size, max });
     }
-    let block = SealedBlock::new(contents, frozen)?;
+    let own = to == Pid::current();
+    let block = Arc::new(block::make(contents, frozen, own)?);
     if !keep() {
         return Ok(None);
     }
-    if to == Pid::current() {
+    if own {
         // Our own table: no round trip (but for a new lease of handle values, now and then).
-        let mut fd = Some(block.fd);
-        return client::with_table(|conn, table, deadline| {
-            table.insert(conn, &mut fd, block.size, frozen, deadline)
-        })
-        .map(Some);
+        return client::with_table(|conn, table, deadline| table.insert(conn, &block, deadline))
+            .map(Some);
     }
     // Another table: straight to its owner over a leased channel when we can, else through the
     // broker (which gives the same answers, failures included).
+    send_out(&block, to).map(Some)
+}
+
+/// Puts `block`, held here, into the table of process `to` (not ours): it leaves this process,
+/// so it is never recycled here.
+fn send_out(block: &Block, to: Pid) -> Result<Handle> {
+    block.mark_exported();
     let leased = client::with_table(|conn, _, deadline| {
-        conn.send_leased(to.as_raw(), block.fd.as_fd(), block.size, deadline)
+        conn.send_leased(to.as_raw(), block.fd(), block.size(), deadline)
     })?;
     if let Some(handle) = leased {
-        return handle_from(Reply::Handle { handle }).map(Some);
+        return handle_from(Reply::Handle { handle });
     }
     let request = Request::Alloc {
         target: to.as_raw(),
-        size: block.size,
+        size: block.size(),
     };
-    let (reply, _) = client::call(&request, Some(block.fd.as_fd()))?;
-    handle_from(reply).map(Some)
+    let (reply, _) = client::call(&request, Some(block.fd()))?;
+    handle_from(reply)
 }
 
 /// Copies `data` into a new block and puts a handle to it into the table of process `to`
@@ -153,21 +159,21 @@ pub(crate) struct Mapped {
 }
 
 /// Maps `fd`, the block of `handle`, as a view: read-only unless `write` (refused for a frozen
-/// block).
+/// block). The view keeps `held`, the block as this process holds it, when there is one.
 fn map_block(
     handle: Handle,
     fd: std::os::fd::BorrowedFd<'_>,
     size: u64,
     frozen: bool,
-    write: bool,
-    who: Owner,
+    (write, who): (bool, Owner),
+    held: Option<Arc<Block>>,
 ) -> Result<Mapped> {
     if write && frozen {
         return Err(Error::AccessDenied {
             reason: format!("handle {handle} names a frozen block"),
         });
     }
-    let ptr = views::map(fd, size, write, frozen, who)?;
+    let ptr = views::map(fd, size, write, frozen, who, held)?;
     Ok(Mapped { ptr, size, frozen })
 }
 
@@ -183,7 +189,7 @@ fn map_reply(
             let seals =
                 rustix::fs::fcntl_get_seals(&fd).map_err(|e| Error::os("F_GET_SEALS", e))?;
             let frozen = seals.contains(rustix::fs::SealFlags::WRITE);
-            map_block(handle, fd.as_fd(), size, frozen, write, who)
+            map_block(handle, fd.as_fd(), size, frozen, (write, who), None)
         }
         (other, _) => Err(unexpected(other)),
     }
@@ -200,9 +206,14 @@ pub(crate) fn lock_raw(handle: Handle, owner: Pid, write: bool, who: Owner) -> R
     if owner == Pid::current() {
         return client::with_table(
             |conn, table, deadline| match table.lookup(handle.as_raw()) {
-                Lookup::Held(fd, size, frozen) => {
-                    Ok(map_block(handle, fd, size, frozen, write, who)?)
-                }
+                Lookup::Held(block) => Ok(map_block(
+                    handle,
+                    block.fd(),
+                    block.size(),
+                    block.frozen(),
+                    (write, who),
+                    Some(Arc::clone(&block)),
+                )?),
                 Lookup::AtBroker => {
                     let answer = client::call_on(conn, &request, None, deadline)?;
                     Ok(map_reply(handle, answer, write, who)?)
@@ -278,8 +289,8 @@ pub fn map_handle(handle: Handle, from: Pid, to: Pid) -> Result<Handle> {
     // From our own table: we hold the block, so it goes straight into the other table (into ours,
     // without a round trip).
     client::with_table(|conn, table, deadline| {
-        let (fd, size, frozen) = match table.lookup(handle.as_raw()) {
-            Lookup::Held(fd, size, frozen) => (fd, size, frozen),
+        let block = match table.lookup(handle.as_raw()) {
+            Lookup::Held(block) => block,
             Lookup::AtBroker => {
                 let (reply, _) = client::call_on(conn, &request, None, deadline)?;
                 return Ok(handle_from(reply)?);
@@ -287,18 +298,18 @@ pub fn map_handle(handle: Handle, from: Pid, to: Pid) -> Result<Handle> {
             Lookup::Closed => return Err(not_open(handle, from).into()),
         };
         if to == from {
-            let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0).map_err(|e| Error::os("dup", e))?;
-            let mut dup = Some(dup);
-            return table.insert(conn, &mut dup, size, frozen, deadline);
+            // A second handle to the same block, held once.
+            return table.insert(conn, &block, deadline);
         }
-        if let Some(handle) = conn.send_leased(to.as_raw(), fd, size, deadline)? {
+        block.mark_exported();
+        if let Some(handle) = conn.send_leased(to.as_raw(), block.fd(), block.size(), deadline)? {
             return Ok(handle_from(Reply::Handle { handle })?);
         }
         let alloc = Request::Alloc {
             target: to.as_raw(),
-            size,
+            size: block.size(),
         };
-        let (reply, _) = client::call_on(conn, &alloc, Some(fd), deadline)?;
+        let (reply, _) = client::call_on(conn, &alloc, Some(block.fd()), deadline)?;
         Ok(handle_from(reply)?)
     })
 }

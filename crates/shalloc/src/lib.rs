@@ -102,3 +102,10 @@ pub use ids::{Handle, ParseHandleError, ParseTokenError, Pid, Token};
 pub use shalloc_protocol::rendezvous::RUNTIME_DIR_ENV;
 pub use view::{View, ViewError};
 pub use views::live_views;
+
+/// The pool of warm blocks this process keeps: blocks it made, that never left it, kept after their
+/// last handle and view went so that the next allocation of their class skips a fresh memfd and
+/// fresh pages (see the README's trust model for why recycling shows nobody anything new).
+pub mod pool {
+    pub use crate::block::pool::{POOL_BYTES_ENV, POOL_IDLE_ENV, pooled, trim};
+}

@@ -8,10 +8,11 @@
 use std::collections::BTreeMap;
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rustix::mm::{MapFlags, ProtFlags};
 
+use crate::block::Block;
 use crate::error::{Error, Result};
 
 /// Who may unmap a view.
@@ -23,7 +24,7 @@ pub(crate) enum Owner {
     Rust,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Record {
     /// Bytes mapped (the block's size rounded up to pages; one page for an empty block).
     mapped: usize,
@@ -32,6 +33,9 @@ struct Record {
     /// Whether the block's descriptor carried F_SEAL_WRITE.
     frozen: bool,
     owner: Owner,
+    /// The block as this process holds it, for a view of the own table's block: the view keeps it
+    /// from being recycled while it lives.
+    _held: Option<Arc<Block>>,
 }
 
 /// The registry's contents.
@@ -57,7 +61,8 @@ fn page_size() -> usize {
     rustix::param::page_size()
 }
 
-/// Maps `size` bytes of `fd` (read/write or read-only) and registers the view.
+/// Maps `size` bytes of `fd` (read/write or read-only) and registers the view, which keeps `held`
+/// until it is unmapped.
 ///
 /// An empty block gets one inaccessible page, so that every lock still returns a distinct,
 /// non-null address.
@@ -67,6 +72,7 @@ pub(crate) fn map(
     write: bool,
     frozen: bool,
     owner: Owner,
+    held: Option<Arc<Block>>,
 ) -> Result<NonNull<u8>> {
     let len = usize::try_from(size).map_err(|_| Error::TooLarge {
         size,
@@ -107,6 +113,7 @@ pub(crate) fn map(
             size,
             frozen,
             owner,
+            _held: held,
         },
     );
     Ok(ptr)
@@ -114,8 +121,8 @@ pub(crate) fn map(
 
 impl Registry {
     /// The start of the view containing `addr`, if any.
-    fn containing(&self, addr: usize) -> Option<(usize, Record)> {
-        let (&start, &record) = self.0.range(..=addr).next_back()?;
+    fn containing(&self, addr: usize) -> Option<(usize, &Record)> {
+        let (&start, record) = self.0.range(..=addr).next_back()?;
         (addr < start + record.mapped).then_some((start, record))
     }
 }
@@ -127,10 +134,14 @@ pub(crate) fn unmap_containing(addr: usize, owner: Owner) -> std::result::Result
     if record.owner != owner {
         return Err(NotAView::OwnedByRust);
     }
-    registry.0.remove(&start);
+    let Some(record) = registry.0.remove(&start) else {
+        return Err(NotAView::Unknown);
+    };
     // SAFETY: [start, start + mapped) is exactly a mapping this registry made and still owned; it
     // was just removed from the registry, so nothing else will use or unmap it.
     let _ = unsafe { rustix::mm::munmap(start as *mut std::ffi::c_void, record.mapped) };
+    // Only now may the block be recycled: no view of it is left here.
+    drop(record);
     Ok(())
 }
 

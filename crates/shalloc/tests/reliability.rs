@@ -899,6 +899,11 @@ fn a_hundred_thousand_cycles_leave_no_descriptor_or_mapping_behind() {
     // Every descriptor a call opens (the block's memfd, the one a lock receives) is closed before
     // it returns, and the connection was open before the first count: no slack.
     assert_eq!(fds1, fds0, "descriptors");
+    // What is left are the warm blocks of the pool, which it bounds, and which it gives back.
+    let (pooled, _) = shalloc::pool::pooled();
+    assert_eq!(support::memfd_fds("self"), pooled);
+    assert!((1..=32).contains(&pooled), "{pooled} blocks pooled");
+    assert_eq!(shalloc::pool::trim(), pooled);
     assert_eq!(support::memfd_fds("self"), 0);
     // Views are unmapped on drop: no memfd mapping may remain but the one of our own table, which
     // lives as long as the process. Other mappings belong to the allocator, which may split or add

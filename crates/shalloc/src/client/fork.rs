@@ -1,40 +1,56 @@
 //! Keeping `fork` from copying a lock that another thread holds.
 //!
-//! A child starts with one thread; if another thread of the parent held the connection or the view
-//! registry lock at the moment of `fork`, the child would wait on it forever. The `pthread_atfork`
-//! handlers registered here take both locks before `fork` (so `fork` happens at a moment when no
-//! other thread is inside either) and release them in the parent and in the child afterwards. The
-//! guards wait in a thread-local: the three handlers run on the forking thread.
+//! A child starts with one thread; if another thread of the parent held the connection, the view
+//! registry or the block pool lock at the moment of `fork`, the child would wait on it forever.
+//! The `pthread_atfork` handlers registered here take the three locks before `fork` (so `fork`
+//! happens at a moment when no other thread is inside any) and release them in the parent and in
+//! the child afterwards. The guards wait in a thread-local: the three handlers run on the forking
+//! thread.
+//!
+//! They also tell the block pool that a fork happened: the child may now hold every block the
+//! parent held or mapped, so none of those is recycled (see [`crate::block::pool`]).
 
 use std::cell::RefCell;
 use std::sync::{MutexGuard, Once};
 
+use crate::block::pool::{self, Pool, lock_pool};
 use crate::client::{Client, lock_client};
 use crate::views::{Registry, lock_registry};
 
-type Held = (MutexGuard<'static, Client>, MutexGuard<'static, Registry>);
+type Held = (
+    MutexGuard<'static, Client>,
+    MutexGuard<'static, Registry>,
+    MutexGuard<'static, Pool>,
+);
 
 thread_local! {
     static HELD: RefCell<Option<Held>> = const { RefCell::new(None) };
 }
 
 extern "C" fn prepare() {
-    // Always the same order: connection, then registry (nothing takes them the other way round).
-    let held = (lock_client(), lock_registry());
+    // Always the same order: connection, registry, pool (nothing takes them the other way round).
+    let held = (lock_client(), lock_registry(), lock_pool());
     HELD.with(|h| *h.borrow_mut() = Some(held));
 }
 
 extern "C" fn release() {
-    HELD.with(|h| drop(h.borrow_mut().take()));
+    HELD.with(|h| {
+        if let Some((client, registry, mut pool)) = h.borrow_mut().take() {
+            pool::after_fork(&mut pool, false);
+            drop((client, registry, pool));
+        }
+    });
 }
 
-/// In the child: also drop the parent's connection and table at once, so the child does not keep
-/// the parent's blocks alive through the descriptors it inherited.
+/// In the child: also drop the parent's connection, table and pool at once, so the child does not
+/// keep the parent's blocks alive through the descriptors it inherited.
 extern "C" fn release_in_child() {
     HELD.with(|h| {
-        if let Some((mut client, registry)) = h.borrow_mut().take() {
+        if let Some((mut client, registry, mut pool)) = h.borrow_mut().take() {
+            // First: the blocks the table drops must not come back to a pool.
+            pool::after_fork(&mut pool, true);
             client.forget_inherited();
-            drop((client, registry));
+            drop((client, registry, pool));
         }
     });
 }

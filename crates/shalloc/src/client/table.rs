@@ -18,7 +18,8 @@
 //! of the broker's frees, and closes it).
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use shalloc_protocol::channel::{self, Taken};
@@ -27,18 +28,17 @@ use shalloc_protocol::wire::{Delivery, Reply, Request};
 
 use super::Failed;
 use super::connection::{CallError, Connection, Unasked};
+use crate::block::{self, Block};
 use crate::error::{Error, Result};
 use crate::ids::Handle;
 
 /// The most frames one look at a channel reads.
 const MAX_FRAMES_PER_RECEIVE: usize = 1024;
 
-/// A block whose descriptor this process holds for its own table.
+/// A block this process holds for a handle of its own table.
 #[derive(Debug)]
 struct Held {
-    fd: OwnedFd,
-    size: u64,
-    frozen: bool,
+    block: Arc<Block>,
     slot: usize,
 }
 
@@ -46,15 +46,15 @@ impl Held {
     fn state(&self, handle: u32) -> State {
         State::Live {
             handle,
-            fd: self.fd.as_raw_fd() as u32,
+            fd: self.block.fd().as_raw_fd() as u32,
         }
     }
 }
 
 /// What the own table knows of a handle.
-pub(crate) enum Lookup<'a> {
-    /// Open, with its block held here: (descriptor, size, frozen).
-    Held(BorrowedFd<'a>, u64, bool),
+pub(crate) enum Lookup {
+    /// Open, with its block held here.
+    Held(Arc<Block>),
     /// Open, but the broker still holds its block: ask the broker.
     AtBroker,
     /// Not open in this table.
@@ -148,7 +148,7 @@ impl OwnTable {
                 .swap(slot, State::Pending { handle }, live)
                 .is_ok()
             {
-                self.keep(handle, fd, size, frozen, slot);
+                self.keep(handle, block::foreign(fd, size, frozen), slot);
                 // Lets the broker close its copy; if this is lost, it only keeps it longer.
                 let _ = conn.notify(&Request::Adopted { handle });
             }
@@ -156,14 +156,16 @@ impl OwnTable {
     }
 
     /// Records a block whose slot was just made `Live` with its descriptor.
-    fn keep(&mut self, handle: u32, fd: OwnedFd, size: u64, frozen: bool, slot: usize) {
-        let held = Held {
-            fd,
-            size,
-            frozen,
-            slot,
-        };
-        self.held.insert(handle, held);
+    fn keep(&mut self, handle: u32, block: Arc<Block>, slot: usize) {
+        self.held.insert(handle, Held { block, slot });
+    }
+
+    /// Lets go of a block whose slot left `Live`: if the broker reopened it for another process
+    /// meanwhile (the slot's exported mark), it is never recycled.
+    fn release(segment: &Segment, held: Held) {
+        if segment.take_exported(held.slot) {
+            held.block.mark_exported();
+        }
     }
 
     /// Closes the descriptors of handles the broker freed since we last looked.
@@ -174,18 +176,25 @@ impl OwnTable {
         }
         self.remote_frees_seen = frees;
         let segment = &self.segment;
-        self.held
-            .retain(|&handle, held| segment.state(held.slot) == held.state(handle));
+        let gone: Vec<u32> = self
+            .held
+            .iter()
+            .filter(|&(&handle, held)| segment.state(held.slot) != held.state(handle))
+            .map(|(&handle, _)| handle)
+            .collect();
+        for handle in gone {
+            if let Some(held) = self.held.remove(&handle) {
+                Self::release(segment, held);
+            }
+        }
     }
 
-    /// Puts the sealed block `fd` of `size` bytes into our table under a new handle, taking `fd`
-    /// only when it succeeds.
+    /// Puts `block` into our table under a new handle (on failure, the caller's reference is
+    /// all there is).
     pub fn insert(
         &mut self,
         conn: &mut Connection,
-        fd: &mut Option<OwnedFd>,
-        size: u64,
-        frozen: bool,
+        block: &Arc<Block>,
         deadline: Instant,
     ) -> Result<Handle, Failed> {
         self.sweep();
@@ -199,10 +208,8 @@ impl OwnTable {
         if self.held.len() >= capacity {
             return Err(full().into());
         }
-        let raw = fd
-            .as_ref()
-            .ok_or_else(|| protocol("no block to insert"))?
-            .as_raw_fd() as u32;
+        let raw = block.fd().as_raw_fd() as u32;
+        let (size, frozen) = (block.size(), block.frozen());
         if !State::fd_fits(raw) {
             return Err(Error::TooManyHandles {
                 reason: format!("descriptor {raw} is too large for a table entry"),
@@ -221,10 +228,7 @@ impl OwnTable {
                 .swap(slot, State::Empty, State::Live { handle, fd: raw })
                 .is_ok()
             {
-                let Some(fd) = fd.take() else {
-                    return Err(protocol("no block to insert").into());
-                };
-                self.keep(handle, fd, size, frozen, slot);
+                self.keep(handle, Arc::clone(block), slot);
                 return Ok(Handle::from_raw(handle).ok_or_else(|| protocol("handle value 0"))?);
             }
         }
@@ -279,7 +283,7 @@ impl OwnTable {
             self.channels.remove(&k);
         }
         for (handle, fd, size, frozen, slot) in taken {
-            self.keep(handle, fd, size, frozen, slot);
+            self.keep(handle, block::foreign(fd, size, frozen), slot);
         }
     }
 
@@ -306,7 +310,7 @@ impl OwnTable {
     }
 
     /// What our table holds under `handle`.
-    pub fn lookup(&mut self, handle: u32) -> Lookup<'_> {
+    pub fn lookup(&mut self, handle: u32) -> Lookup {
         self.sweep();
         let capacity = self.segment.capacity();
         let Some(slot) = segment::slot_of(handle, capacity) else {
@@ -326,12 +330,14 @@ impl OwnTable {
         match matches {
             Some(true) => {
                 if let Some(held) = self.held.get(&handle) {
-                    return Lookup::Held(held.fd.as_fd(), held.size, held.frozen);
+                    return Lookup::Held(Arc::clone(&held.block));
                 }
             }
             Some(false) => {
-                // The broker freed it: our descriptor goes.
-                self.held.remove(&handle);
+                // The broker freed it: our reference goes.
+                if let Some(held) = self.held.remove(&handle) {
+                    Self::release(&self.segment, held);
+                }
                 return Lookup::Closed;
             }
             None => {}
@@ -359,8 +365,8 @@ impl OwnTable {
             .segment
             .swap(held.slot, held.state(handle), State::Empty)
             .is_ok();
-        // Either way the descriptor goes: we emptied the slot, or the broker did first.
-        drop(held);
+        // Either way our reference goes: we emptied the slot, or the broker did first.
+        Self::release(&self.segment, held);
         Some(won)
     }
 

@@ -1,4 +1,4 @@
-//! Making a block: a memfd created, filled and sealed by the allocating process, before any other
+//! A fresh block: a memfd created, filled and sealed by the allocating process, before any other
 //! process can receive it.
 
 use std::os::fd::OwnedFd;
@@ -6,6 +6,7 @@ use std::os::fd::OwnedFd;
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 
+use super::Contents;
 use crate::error::{Error, Result};
 
 /// The seals every block carries: nobody can shrink it (no `SIGBUS` for a reader), grow it, or add
@@ -14,41 +15,21 @@ pub(crate) const SEALS: SealFlags = SealFlags::SHRINK
     .union(SealFlags::GROW)
     .union(SealFlags::SEAL);
 
-/// A filled, sealed memfd of `size` bytes.
+/// A filled, sealed memfd of `size` bytes (and `len` bytes long: `size`, or its class).
 pub(crate) struct SealedBlock {
     pub fd: OwnedFd,
     pub size: u64,
-}
-
-/// A function that writes a block's bytes in place.
-pub(crate) type Fill<'a> = Box<dyn FnOnce(&mut [u8]) + 'a>;
-
-/// What goes into a new block.
-pub(crate) enum Contents<'a> {
-    /// These bytes.
-    Bytes(&'a [u8]),
-    /// This many zero bytes.
-    Zeroed(u64),
-    /// This many bytes, written in place by the function (they start zeroed).
-    Filled(u64, Fill<'a>),
-}
-
-impl Contents<'_> {
-    /// The block's size.
-    pub fn len(&self) -> u64 {
-        match self {
-            Contents::Bytes(data) => data.len() as u64,
-            Contents::Zeroed(len) | Contents::Filled(len, _) => *len,
-        }
-    }
+    pub len: u64,
 }
 
 impl SealedBlock {
-    /// Creates the memfd and fills it, then seals it (against writing too when `frozen`).
+    /// Creates the memfd and fills it, then makes it `len` bytes long (at least the contents'
+    /// size: the tail is a hole, zero and costing nothing) and seals it (against writing too when
+    /// `frozen`).
     ///
     /// Filling uses `pwrite`, or `fallocate` before any page is touched, so a shortage of memory is
     /// an error here rather than a `SIGBUS` in a reader (or in the fill function).
-    pub fn new(contents: Contents<'_>, frozen: bool) -> Result<SealedBlock> {
+    pub fn new(contents: Contents<'_>, frozen: bool, len: u64) -> Result<SealedBlock> {
         let fd =
             rustix::fs::memfd_create(c"shalloc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
                 .map_err(|e| Error::os("memfd_create", e))?;
@@ -58,7 +39,7 @@ impl SealedBlock {
                 .map_err(|e| Error::os("fallocate", e))
         };
         match contents {
-            Contents::Bytes(data) => write_all(&fd, data)?,
+            Contents::Bytes(data) => write_all(&fd, data, 0)?,
             Contents::Zeroed(0) => {}
             Contents::Zeroed(len) => reserve(len)?,
             Contents::Filled(0, fill) => fill(&mut []),
@@ -70,25 +51,29 @@ impl SealedBlock {
                 drop(map);
             }
         }
+        let len = len.max(size);
+        if len > size {
+            rustix::fs::ftruncate(&fd, len).map_err(|e| Error::os("ftruncate", e))?;
+        }
         let seals = if frozen {
             SEALS | SealFlags::WRITE
         } else {
             SEALS
         };
         rustix::fs::fcntl_add_seals(&fd, seals).map_err(|e| Error::os("sealing the memfd", e))?;
-        Ok(SealedBlock { fd, size })
+        Ok(SealedBlock { fd, size, len })
     }
 }
 
 /// A writable mapping of a memfd that no other process has yet: the one moment a block may be
 /// handed out as `&mut [u8]`. Unmapped on drop, also when the fill function panics.
-struct PrivateFill {
+pub(super) struct PrivateFill {
     ptr: *mut u8,
     len: usize,
 }
 
 impl PrivateFill {
-    fn map(fd: &OwnedFd, len: u64) -> Result<PrivateFill> {
+    pub(super) fn map(fd: &OwnedFd, len: u64) -> Result<PrivateFill> {
         let len = usize::try_from(len).map_err(|_| Error::TooLarge {
             size: len,
             max: usize::MAX as u64,
@@ -117,9 +102,10 @@ impl PrivateFill {
         })
     }
 
-    fn bytes(&mut self) -> &mut [u8] {
+    pub(super) fn bytes(&mut self) -> &mut [u8] {
         // SAFETY: len bytes are mapped read/write for as long as self lives, and nobody else can
-        // reach them: the memfd is close-on-exec, was never sent, and this is its only mapping.
+        // reach them: the memfd is close-on-exec, was never sent (or is a pooled block that no
+        // other process holds or maps, see `pool`), and this is its only mapping.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
 }
@@ -131,8 +117,8 @@ impl Drop for PrivateFill {
     }
 }
 
-fn write_all(fd: &OwnedFd, mut data: &[u8]) -> Result<()> {
-    let mut offset = 0u64;
+/// Writes all of `data` at `offset`.
+pub(super) fn write_all(fd: &OwnedFd, mut data: &[u8], mut offset: u64) -> Result<()> {
     while !data.is_empty() {
         match rustix::io::pwrite(fd, data, offset) {
             Ok(0) => return Err(Error::os("pwrite", Errno::NOSPC)),
@@ -153,7 +139,7 @@ mod tests {
 
     #[test]
     fn holders_cannot_resize_or_reseal_a_block() {
-        let block = SealedBlock::new(Contents::Bytes(b"0123456789"), false).expect("block");
+        let block = SealedBlock::new(Contents::Bytes(b"0123456789"), false, 0).expect("block");
         assert_eq!(rustix::fs::fstat(&block.fd).expect("stat").st_size, 10);
         assert_eq!(
             rustix::fs::ftruncate(&block.fd, 5),
@@ -184,7 +170,7 @@ mod tests {
 
     #[test]
     fn frozen_blocks_cannot_be_written_at_all() {
-        let block = SealedBlock::new(Contents::Bytes(b"ice"), true).expect("block");
+        let block = SealedBlock::new(Contents::Bytes(b"ice"), true, 0).expect("block");
         assert_eq!(rustix::io::pwrite(&block.fd, b"X", 0), Err(Errno::PERM));
         // SAFETY: a new mapping; the call is expected to fail.
         let writable = unsafe {
@@ -205,6 +191,7 @@ mod tests {
         let block = SealedBlock::new(
             Contents::Filled(5, Box::new(|b: &mut [u8]| b.copy_from_slice(b"fill!"))),
             true,
+            0,
         )
         .expect("block");
         let mut buf = [0u8; 5];
@@ -213,12 +200,23 @@ mod tests {
     }
 
     #[test]
+    fn a_block_made_a_class_long_reads_zero_past_its_size() {
+        let block = SealedBlock::new(Contents::Bytes(b"abc"), false, 4096).expect("block");
+        assert_eq!((block.size, block.len), (3, 4096));
+        assert_eq!(rustix::fs::fstat(&block.fd).expect("stat").st_size, 4096);
+        let mut buf = vec![1u8; 4096];
+        assert_eq!(rustix::io::pread(&block.fd, &mut buf, 0), Ok(4096));
+        assert_eq!(&buf[..3], b"abc");
+        assert!(buf[3..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
     fn zeroed_blocks_are_zero_and_sized() {
-        let block = SealedBlock::new(Contents::Zeroed(8192), false).expect("block");
+        let block = SealedBlock::new(Contents::Zeroed(8192), false, 0).expect("block");
         let mut buf = vec![1u8; 8192];
         assert_eq!(rustix::io::pread(&block.fd, &mut buf, 0), Ok(8192));
         assert!(buf.iter().all(|b| *b == 0));
-        let empty = SealedBlock::new(Contents::Zeroed(0), false).expect("empty block");
+        let empty = SealedBlock::new(Contents::Zeroed(0), false, 0).expect("empty block");
         assert_eq!(empty.size, 0);
     }
 }

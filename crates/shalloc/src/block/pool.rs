@@ -1,0 +1,176 @@
+//! This process's pool of warm blocks: memfds whose pages stay allocated after their last handle
+//! and view went, ready for the next allocation of the same class.
+//!
+//! A fresh shmem page costs more than the copy into it, so a block that comes back here saves the
+//! next allocation its `memfd_create`, its seals and its fresh pages. Which blocks come back is
+//! decided by [`Block`](super::held::Block): only blocks this process made, never frozen, that no
+//! other process ever held or mapped (not sent to another table, not reopened by the broker for
+//! anyone, no fork since they were made). So the only process that can see a pooled block's old
+//! bytes is this one, and its new bytes go where this process sends them anyway: recycling shows
+//! nobody anything they could not already see.
+//!
+//! Bounded: at most [`MAX_BLOCKS`] blocks and `SHALLOC_POOL_BYTES` bytes of written pages (default
+//! 64 MiB; 0 turns recycling off), oldest out first; a block idle for `SHALLOC_POOL_IDLE_MS`
+//! (default 2000) is given back on the next call that touches the pool, with no thread of ours in
+//! the process. Both settings are read once, at the pool's first use. [`trim`] gives everything
+//! back at once.
+
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+/// The environment variable that caps the pool's written bytes (0 turns recycling off).
+pub const POOL_BYTES_ENV: &str = "SHALLOC_POOL_BYTES";
+/// The environment variable that sets how long a pooled block may stay unused, in milliseconds.
+pub const POOL_IDLE_ENV: &str = "SHALLOC_POOL_IDLE_MS";
+
+/// The default cap on written bytes kept: 64 MiB.
+const DEFAULT_BYTES: u64 = 64 << 20;
+/// The default time a block may wait unused: 2 s.
+const DEFAULT_IDLE: Duration = Duration::from_secs(2);
+/// The most blocks kept (each is a descriptor of this process).
+pub(crate) const MAX_BLOCKS: usize = 32;
+
+/// A block waiting in the pool.
+#[derive(Debug)]
+pub(crate) struct Pooled {
+    pub fd: OwnedFd,
+    /// The memfd's length (its class).
+    pub len: u64,
+    /// The bytes from 0 that may be non-zero; every byte past them is zero.
+    pub dirty: u64,
+    since: Instant,
+}
+
+/// The pool's contents, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Pool {
+    blocks: Vec<Pooled>,
+    bytes: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    bytes: u64,
+    idle: Duration,
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool {
+    blocks: Vec::new(),
+    bytes: 0,
+});
+
+/// Counts forks of this process (see [`after_fork`]).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+fn settings() -> Settings {
+    static SETTINGS: OnceLock<Settings> = OnceLock::new();
+    *SETTINGS.get_or_init(|| {
+        let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        Settings {
+            bytes: number(POOL_BYTES_ENV).unwrap_or(DEFAULT_BYTES),
+            idle: number(POOL_IDLE_ENV).map_or(DEFAULT_IDLE, Duration::from_millis),
+        }
+    })
+}
+
+pub(crate) fn lock_pool() -> MutexGuard<'static, Pool> {
+    POOL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether recycling is on: new blocks that may come back are then made a class long.
+pub(crate) fn enabled() -> bool {
+    settings().bytes > 0
+}
+
+/// The current fork generation.
+pub(crate) fn generation() -> u64 {
+    GENERATION.load(Ordering::SeqCst)
+}
+
+/// The bytes of a block of `size` bytes (and `len` long) that a view may have written: its size
+/// rounded up to whole pages (a view maps whole pages).
+pub(crate) fn dirty_extent(size: u64, len: u64) -> u64 {
+    let page = rustix::param::page_size() as u64;
+    size.div_ceil(page).saturating_mul(page).min(len)
+}
+
+impl Pool {
+    fn drop_idle(&mut self, now: Instant, idle: Duration) {
+        let stale = self
+            .blocks
+            .iter()
+            .take_while(|b| now.duration_since(b.since) >= idle)
+            .count();
+        for block in self.blocks.drain(..stale) {
+            self.bytes -= block.dirty;
+        }
+    }
+
+    /// Forgets every block (closing its descriptor): after a fork, in the child, and for [`trim`].
+    pub fn clear(&mut self) -> usize {
+        self.bytes = 0;
+        self.blocks.drain(..).count()
+    }
+}
+
+/// Keeps a block `len` bytes long, of which the first `dirty` may be non-zero, for a later
+/// allocation; closes it instead when the pool is off or it does not fit.
+pub(crate) fn put(fd: OwnedFd, len: u64, dirty: u64) {
+    let settings = settings();
+    if len == 0 || dirty > settings.bytes {
+        return;
+    }
+    let now = Instant::now();
+    let mut pool = lock_pool();
+    pool.drop_idle(now, settings.idle);
+    while !pool.blocks.is_empty()
+        && (pool.blocks.len() >= MAX_BLOCKS || pool.bytes + dirty > settings.bytes)
+    {
+        let oldest = pool.blocks.remove(0);
+        pool.bytes -= oldest.dirty;
+    }
+    pool.bytes += dirty;
+    pool.blocks.push(Pooled {
+        fd,
+        len,
+        dirty,
+        since: now,
+    });
+}
+
+/// Takes the most recently kept block `len` bytes long, if any (the warmest).
+pub(crate) fn take(len: u64) -> Option<Pooled> {
+    if len == 0 || !enabled() {
+        return None;
+    }
+    let mut pool = lock_pool();
+    pool.drop_idle(Instant::now(), settings().idle);
+    let at = pool.blocks.iter().rposition(|b| b.len == len)?;
+    let block = pool.blocks.remove(at);
+    pool.bytes -= block.dirty;
+    Some(block)
+}
+
+/// Called after every `fork` (see the client's atfork handlers): blocks made before it may now
+/// be held by the child too, so none of them is recycled; the child also drops the pool it
+/// inherited.
+pub(crate) fn after_fork(pool: &mut Pool, in_child: bool) {
+    GENERATION.fetch_add(1, Ordering::SeqCst);
+    if in_child {
+        pool.clear();
+    }
+}
+
+/// Gives every pooled block back to the system now: their descriptors are closed and their pages
+/// freed. Returns how many there were. Recycling goes on with the next block that comes back.
+pub fn trim() -> usize {
+    lock_pool().clear()
+}
+
+/// How many blocks the pool holds, and their written bytes (for tests and diagnostics).
+pub fn pooled() -> (usize, u64) {
+    let pool = lock_pool();
+    (pool.blocks.len(), pool.bytes)
+}
