@@ -87,8 +87,10 @@ impl Peer {
                 let header = Header::work(data.len(), 0).encode();
                 floor::send_with_fd(self.ctl.as_fd(), &header, fd.as_fd())?;
             }
-            System::Shalloc => {
-                let handle = shalloc::alloc(data, self.pid)?;
+            System::Shalloc | System::ShallocFresh => {
+                let handle = self
+                    .system
+                    .with_recycling(|| shalloc::alloc(data, self.pid))?;
                 let header = Header::work(data.len(), handle.as_raw()).encode();
                 floor::write_all(self.ctl.as_fd(), &header)?;
             }
@@ -158,6 +160,11 @@ pub fn run_peer(system: System, cpu: Option<usize>) -> Result<()> {
         System::IpcChannel => return run_ipc_peer(&ctl),
         // Connect to the broker before saying ready, as a long-lived process would be.
         System::Shalloc => drop(shalloc::broker_pid()?),
+        System::ShallocFresh => {
+            // This peer's own setting, for good: it runs for this system only.
+            shalloc::pool::set_limit(Some(0));
+            shalloc::broker_pid()?;
+        }
         _ => {}
     }
     send_ack(&ctl, 0)?;
@@ -180,7 +187,7 @@ pub fn run_peer(system: System, cpu: Option<usize>) -> Result<()> {
                 drop(fd);
                 sum
             }
-            System::Shalloc => {
+            System::Shalloc | System::ShallocFresh => {
                 let handle = shalloc::Handle::from_raw(header.arg).ok_or("handle 0")?;
                 let view = shalloc::lock(handle, me)?;
                 // SAFETY: A keeps no view of the block; nobody writes it while we read.

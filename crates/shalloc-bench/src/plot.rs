@@ -21,6 +21,7 @@ fn style(system: System) -> (&'static str, &'static str, f64) {
     match system {
         System::Floor => ("#222222", "6 4", 2.0),
         System::Shalloc => ("#d62728", "", 3.0),
+        System::ShallocFresh => ("#d62728", "5 3", 1.8),
         System::Pipe => ("#1f77b4", "", 1.8),
         System::IpcChannel => ("#2ca02c", "", 1.8),
         System::SharedMemory => ("#ff7f0e", "", 1.8),

@@ -14,8 +14,10 @@ use crate::floor;
 pub enum System {
     /// Plain system calls, no broker: the floor every other system is divided by.
     Floor,
-    /// shalloc: a sealed memfd registered with the broker.
+    /// shalloc: a sealed memfd registered with the broker (recycled when it can be).
     Shalloc,
+    /// shalloc with recycling off (`pool::set_limit(Some(0))`): a fresh memfd for every block.
+    ShallocFresh,
     /// The bytes themselves over a Unix stream socket.
     Pipe,
     /// ipc-channel's `IpcSharedMemory` sent over an `IpcSender`.
@@ -29,9 +31,10 @@ pub enum System {
 
 impl System {
     /// Every system, the floor first.
-    pub const ALL: [System; 5] = [
+    pub const ALL: [System; 6] = [
         System::Floor,
         System::Shalloc,
+        System::ShallocFresh,
         System::Pipe,
         System::IpcChannel,
         System::SharedMemory,
@@ -42,6 +45,7 @@ impl System {
         match self {
             System::Floor => "floor",
             System::Shalloc => "shalloc",
+            System::ShallocFresh => "shalloc-fresh",
             System::Pipe => "pipe",
             System::IpcChannel => "ipc-channel",
             System::SharedMemory => "shared_memory",
@@ -52,6 +56,18 @@ impl System {
     /// The system with this name.
     pub fn from_name(name: &str) -> Option<System> {
         System::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Runs `f` with this system's recycling setting: off for [`System::ShallocFresh`], the
+    /// default for every other.
+    pub fn with_recycling<T>(self, f: impl FnOnce() -> T) -> T {
+        if self != System::ShallocFresh {
+            return f();
+        }
+        shalloc::pool::set_limit(Some(0));
+        let out = f();
+        shalloc::pool::set_limit(None);
+        out
     }
 }
 
@@ -118,6 +134,7 @@ impl CycleState {
         match system {
             System::Floor => floor::cycle(data),
             System::Shalloc => shalloc_cycle(data),
+            System::ShallocFresh => system.with_recycling(|| shalloc_cycle(data)),
             System::Pipe => self.pipe_cycle(data),
             System::IpcChannel => {
                 let shm = IpcSharedMemory::from_bytes(data);

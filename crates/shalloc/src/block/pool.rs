@@ -12,8 +12,8 @@
 //! Bounded: at most [`MAX_BLOCKS`] blocks and `SHALLOC_POOL_BYTES` bytes of written pages (default
 //! 64 MiB; 0 turns recycling off), oldest out first; a block idle for `SHALLOC_POOL_IDLE_MS`
 //! (default 2000) is given back on the next call that touches the pool, with no thread of ours in
-//! the process. Both settings are read once, at the pool's first use. [`trim`] gives everything
-//! back at once.
+//! the process. Both settings are read once, at the pool's first use; [`set_limit`] changes the cap
+//! at run time. [`trim`] gives everything back at once.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,15 +64,44 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
 /// Counts forks of this process (see [`after_fork`]).
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 
+/// A cap set by [`set_limit`], overriding the environment (`u64::MAX`: none set).
+static LIMIT: AtomicU64 = AtomicU64::new(u64::MAX);
+
 fn settings() -> Settings {
-    static SETTINGS: OnceLock<Settings> = OnceLock::new();
-    *SETTINGS.get_or_init(|| {
+    static FROM_ENV: OnceLock<Settings> = OnceLock::new();
+    let from_env = *FROM_ENV.get_or_init(|| {
         let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
         Settings {
             bytes: number(POOL_BYTES_ENV).unwrap_or(DEFAULT_BYTES),
             idle: number(POOL_IDLE_ENV).map_or(DEFAULT_IDLE, Duration::from_millis),
         }
-    })
+    });
+    match LIMIT.load(Ordering::Relaxed) {
+        u64::MAX => from_env,
+        bytes => Settings { bytes, ..from_env },
+    }
+}
+
+/// Caps the pool's written bytes from now on, overriding `SHALLOC_POOL_BYTES` (`Some(0)` turns
+/// recycling off; `None` goes back to the environment's cap or the default). Blocks over the new
+/// cap are given back at once.
+///
+/// ```
+/// shalloc::pool::set_limit(Some(0)); // every block fresh from now on
+/// assert_eq!(shalloc::pool::pooled(), (0, 0));
+/// shalloc::pool::set_limit(None);
+/// ```
+pub fn set_limit(bytes: Option<u64>) {
+    LIMIT.store(
+        bytes.map_or(u64::MAX, |b| b.min(u64::MAX - 1)),
+        Ordering::Relaxed,
+    );
+    let cap = settings().bytes;
+    let mut pool = lock_pool();
+    while (pool.bytes > cap || cap == 0) && !pool.blocks.is_empty() {
+        let oldest = pool.blocks.remove(0);
+        pool.bytes -= oldest.dirty;
+    }
 }
 
 pub(crate) fn lock_pool() -> MutexGuard<'static, Pool> {
