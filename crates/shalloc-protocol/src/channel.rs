@@ -16,7 +16,12 @@
 //! - **Nothing is trusted.** A receiver checks each memfd as the broker checks an `Alloc`
 //!   ([`crate::block::check`]) and swaps only a slot reserved for *this* channel: a sender can
 //!   fill only the values it was leased, and a frame it makes up is dropped.
-//! - **One direction.** The ends are shut down the other way, so B cannot send to A.
+//! - **Blocks one way, returns the other.** Only A sends blocks. B sends back only [`Returned`]
+//!   frames, without descriptors: a block A delivered is closed in B's table, unmapped in B, and
+//!   never left B, so A may recycle it for B (see the client's block pool). A believes a return
+//!   only for a block it lent to B, and reuses it only for B, so a lie from B shows B nothing of
+//!   anyone else's; B's frames queue on A's end, which only A reads, at most a socket buffer's
+//!   worth (a return that does not fit is dropped: the block is then not recycled).
 //! - **Ending.** A channel lives as long as A's connection. When it closes, the broker takes what
 //!   is left on the channel, empties A's unused reservations and tells B
 //!   ([`Reply::Unleased`](crate::wire::Reply::Unleased)).
@@ -24,22 +29,40 @@
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use rustix::io::Errno;
-use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::transport::{self, RecvBuf, RecvError};
-use crate::wire::{Delivery, MAX_FRAME};
+use crate::wire::{Delivery, MAX_FRAME, Returned};
 
-/// A new channel: (sending end, receiving end), each shut down in the other direction.
+/// A new channel: (sending end, receiving end).
 pub fn pair() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
-    let (send, recv) = rustix::net::socketpair(
+    rustix::net::socketpair(
         AddressFamily::UNIX,
         SocketType::SEQPACKET,
         SocketFlags::CLOEXEC,
         None,
-    )?;
-    rustix::net::shutdown(&send, Shutdown::Read)?;
-    rustix::net::shutdown(&recv, Shutdown::Write)?;
-    Ok((send, recv))
+    )
+}
+
+/// Tells the sender, from the receiving end, that the block of `handle` came back: `false` when
+/// it could not be sent now (the sender does not read, or is gone).
+pub fn give_back(channel: BorrowedFd<'_>, handle: u32) -> bool {
+    transport::send(channel, &Returned { handle }.encode(), None, true).is_ok()
+}
+
+/// Reads one return off the sending end without waiting: `Some(Some(handle))`, `Some(None)` for a
+/// frame that is not a return (dropped, descriptors closed), `None` when nothing is waiting.
+pub fn take_return(channel: BorrowedFd<'_>) -> Option<Option<u32>> {
+    let mut buf: RecvBuf = [0; MAX_FRAME + 1];
+    match transport::recv(channel, &mut buf, true) {
+        Ok(received) => Some(
+            Returned::decode(&buf[..received.len])
+                .ok()
+                .filter(|_| received.fds.is_empty())
+                .map(|r| r.handle),
+        ),
+        Err(_) => None,
+    }
 }
 
 /// Sends one block without waiting: `Err(AGAIN)` when the channel is full, `Err(PIPE)` (or

@@ -287,6 +287,7 @@ mod kind {
     pub const LEASE_INTO: u16 = 0x000b;
 
     pub const DELIVERY: u16 = 0x2001;
+    pub const RETURNED: u16 = 0x2002;
 
     pub const U_ADOPT: u16 = 0x4001;
     pub const U_LEASED: u16 = 0x4002;
@@ -362,6 +363,41 @@ impl Delivery {
         }
         let (handle, size) = unasked_block(k, id, body)?;
         Ok(Delivery { handle, size })
+    }
+}
+
+/// The frame a channel's receiver sends back to its sender (see [`crate::channel`]): the block
+/// the sender delivered under `handle` is closed in the receiver's table, no view of it is left
+/// there, and it never left the receiver, so the sender may recycle it — for this receiver only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Returned {
+    /// The handle the block was delivered under.
+    pub handle: u32,
+}
+
+impl Returned {
+    /// Encodes the frame (request id 0).
+    pub fn encode(&self) -> Frame {
+        Frame::new(kind::RETURNED, UNASKED_ID)
+            .u32(self.handle)
+            .u32(0)
+    }
+
+    /// Decodes one frame.
+    pub fn decode(bytes: &[u8]) -> Result<Returned, DecodeError> {
+        let (k, id, body) = header(bytes)?;
+        if k != kind::RETURNED {
+            return Err(DecodeError::UnknownKind(k));
+        }
+        let mut f = body_of(k, body, 8)?;
+        let handle = f.u32();
+        if f.u32() != 0 || id != UNASKED_ID {
+            return Err(DecodeError::BadField {
+                kind: k,
+                what: "padding and request id must be 0",
+            });
+        }
+        Ok(Returned { handle })
     }
 }
 
@@ -894,6 +930,19 @@ mod tests {
         assert!(Delivery::decode(Reply::Done.encode(0).as_bytes()).is_err());
         assert!(Request::decode(frame.as_bytes()).is_err());
         assert!(Reply::decode(frame.as_bytes()).is_err());
+        assert!(Returned::decode(frame.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn returns_round_trip_and_are_no_delivery() {
+        let returned = Returned { handle: 0x108 };
+        let frame = returned.encode();
+        assert_eq!(Returned::decode(frame.as_bytes()), Ok(returned));
+        for cut in 0..frame.as_bytes().len() {
+            assert!(Returned::decode(&frame.as_bytes()[..cut]).is_err());
+        }
+        assert!(Delivery::decode(frame.as_bytes()).is_err());
+        assert!(Request::decode(frame.as_bytes()).is_err());
     }
 
     #[test]

@@ -70,7 +70,8 @@ pub(crate) fn alloc_contents_if(
         return Err(Error::TooLarge { size, max });
     }
     let own = to == Pid::current();
-    let block = Arc::new(block::make(contents, frozen, own)?);
+    let target = if own { 0 } else { to.as_raw() };
+    let block = Arc::new(block::make(contents, frozen, target)?);
     if !keep() {
         return Ok(None);
     }
@@ -84,16 +85,15 @@ pub(crate) fn alloc_contents_if(
     send_out(&block, to).map(Some)
 }
 
-/// Puts `block`, held here, into the table of process `to` (not ours): it leaves this process,
-/// so it is never recycled here.
-fn send_out(block: &Block, to: Pid) -> Result<Handle> {
-    block.mark_exported();
-    let leased = client::with_table(|conn, _, deadline| {
-        conn.send_leased(to.as_raw(), block.fd(), block.size(), deadline)
-    })?;
+/// Puts `block`, held here, into the table of process `to` (not ours): over a leased channel it is
+/// lent, and may come back; through the broker it is gone for good.
+fn send_out(block: &Arc<Block>, to: Pid) -> Result<Handle> {
+    let leased =
+        client::with_table(|conn, _, deadline| conn.send_leased(to.as_raw(), block, deadline))?;
     if let Some(handle) = leased {
         return handle_from(Reply::Handle { handle });
     }
+    block.mark_exported();
     let request = Request::Alloc {
         target: to.as_raw(),
         size: block.size(),
@@ -301,10 +301,10 @@ pub fn map_handle(handle: Handle, from: Pid, to: Pid) -> Result<Handle> {
             // A second handle to the same block, held once.
             return table.insert(conn, &block, deadline);
         }
-        block.mark_exported();
-        if let Some(handle) = conn.send_leased(to.as_raw(), block.fd(), block.size(), deadline)? {
+        if let Some(handle) = conn.send_leased(to.as_raw(), &block, deadline)? {
             return Ok(handle_from(Reply::Handle { handle })?);
         }
+        block.mark_exported();
         let alloc = Request::Alloc {
             target: to.as_raw(),
             size: block.size(),

@@ -45,29 +45,36 @@ impl Contents<'_> {
     }
 }
 
-/// Makes a block of `contents` made here: from the pool when it holds one of the right class (not
-/// for a frozen block, which can never be written again), else fresh. With `may_come_back`, a
-/// fresh block is made a class long, so that it can be recycled later.
-pub(crate) fn make(contents: Contents<'_>, frozen: bool, may_come_back: bool) -> Result<Block> {
+/// Makes a block of `contents` for the table of process `target` (0: our own): from the pool
+/// when it holds one of the right class that may go there (not for a frozen block, which can
+/// never be written again), else fresh — a class long when recycling is on, so that it can be
+/// recycled later.
+pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<Block> {
     let size = contents.len();
     let class = class_bytes(size);
     if !frozen {
-        if let Some(pooled) = pool::take(class) {
+        if let Some(pooled) = pool::take(class, target) {
             // A pooled block that cannot be refilled (out of memory) is closed with the error.
             refill::refill(&pooled, contents)?;
-            return Ok(Block::made_here(pooled.fd, size, pooled.len, false));
+            return Ok(Block::made_here(
+                pooled.fd,
+                size,
+                pooled.len,
+                false,
+                pooled.lessee,
+            ));
         }
     }
-    let len = if may_come_back && !frozen && pool::enabled() {
+    let len = if !frozen && pool::enabled() {
         class
     } else {
         size
     };
     let fresh = SealedBlock::new(contents, frozen, len)?;
-    Ok(Block::made_here(fresh.fd, fresh.size, fresh.len, frozen))
+    Ok(Block::made_here(fresh.fd, fresh.size, fresh.len, frozen, 0))
 }
 
-/// A block made elsewhere, shared by this process's handles and views.
+/// A block the broker sent, shared by this process's handles and views.
 pub(crate) fn foreign(fd: std::os::fd::OwnedFd, size: u64, frozen: bool) -> Arc<Block> {
     Arc::new(Block::foreign(fd, size, frozen))
 }

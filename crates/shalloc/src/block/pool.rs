@@ -40,6 +40,9 @@ pub(crate) struct Pooled {
     pub len: u64,
     /// The bytes from 0 that may be non-zero; every byte past them is zero.
     pub dirty: u64,
+    /// The one other process that held the block (0: none): it is reused only for blocks put
+    /// into that process's table, which it may see anyway.
+    pub lessee: u32,
     since: Instant,
 }
 
@@ -144,9 +147,10 @@ impl Pool {
     }
 }
 
-/// Keeps a block `len` bytes long, of which the first `dirty` may be non-zero, for a later
-/// allocation; closes it instead when the pool is off or it does not fit.
-pub(crate) fn put(fd: OwnedFd, len: u64, dirty: u64) {
+/// Keeps a block `len` bytes long, of which the first `dirty` may be non-zero, and which only
+/// `lessee` (0: nobody) held besides us, for a later allocation; closes it instead when the pool
+/// is off or it does not fit.
+pub(crate) fn put(fd: OwnedFd, len: u64, dirty: u64, lessee: u32) {
     let settings = settings();
     if len == 0 || dirty > settings.bytes {
         return;
@@ -165,18 +169,23 @@ pub(crate) fn put(fd: OwnedFd, len: u64, dirty: u64) {
         fd,
         len,
         dirty,
+        lessee,
         since: now,
     });
 }
 
-/// Takes the most recently kept block `len` bytes long, if any (the warmest).
-pub(crate) fn take(len: u64) -> Option<Pooled> {
+/// Takes the most recently kept block `len` bytes long (the warmest) that may go into the table
+/// of process `target` (0: our own): one nobody else held, or one only `target` held.
+pub(crate) fn take(len: u64, target: u32) -> Option<Pooled> {
     if len == 0 || !enabled() {
         return None;
     }
     let mut pool = lock_pool();
     pool.drop_idle(Instant::now(), settings().idle);
-    let at = pool.blocks.iter().rposition(|b| b.len == len)?;
+    let at = pool
+        .blocks
+        .iter()
+        .rposition(|b| b.len == len && (b.lessee == 0 || b.lessee == target))?;
     let block = pool.blocks.remove(at);
     pool.bytes -= block.dirty;
     Some(block)

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags};
@@ -21,6 +22,7 @@ use shalloc_protocol::wire::{Delivery, Reply, Request, lease_values};
 
 use super::Failed;
 use super::connection::{CallError, Connection};
+use crate::block::Block;
 
 /// After a refused lease, allocations into that process go through the broker this many times
 /// before the next ask (doubling on each refusal up to [`MAX_REFUSED_SKIP`]), so a target that
@@ -33,13 +35,56 @@ const MAX_REFUSED_SKIP: u32 = 1024;
 const MAX_LEASES: usize = 64;
 /// The most refusals remembered (a few bytes each).
 const MAX_REFUSED: usize = 4096;
+/// The most blocks lent to one target that we keep for their return (one descriptor each); older
+/// ones are let go, not recycled.
+const MAX_LENT: usize = 8;
+/// The most returns read per block sent (the rest wait for the next one).
+const MAX_RETURNS_PER_SEND: usize = 64;
 
-/// One lease: the target, pinned, its channel and the values left.
+/// One lease: the target, pinned, its channel, the values left, and the blocks we sent it that
+/// may come back (by handle, oldest first).
 #[derive(Debug)]
 struct Lease {
     pidfd: OwnedFd,
     channel: OwnedFd,
     values: Vec<u32>,
+    lent: Vec<(u32, Arc<Block>)>,
+}
+
+impl Lease {
+    /// Takes back the blocks the target returned: each goes to the pool (for this target only)
+    /// as its last reference drops. A return of a block we did not lend it is ignored.
+    fn take_returns(&mut self) {
+        for _ in 0..MAX_RETURNS_PER_SEND {
+            match channel::take_return(self.channel.as_fd()) {
+                Some(Some(handle)) => {
+                    if let Some(at) = self.lent.iter().position(|(h, _)| *h == handle) {
+                        self.lent.remove(at);
+                    }
+                }
+                Some(None) => continue,
+                None => break,
+            }
+        }
+    }
+
+    /// Keeps `block`, just sent under `handle`, until the target returns it.
+    fn keep_lent(&mut self, handle: u32, block: &Arc<Block>) {
+        if self.lent.len() >= MAX_LENT {
+            let (_, oldest) = self.lent.remove(0);
+            oldest.mark_exported();
+        }
+        self.lent.push((handle, Arc::clone(block)));
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        // The target is gone, or we stop listening: what it still has never comes back.
+        for (_, block) in self.lent.drain(..) {
+            block.mark_exported();
+        }
+    }
 }
 
 /// A refusal: allocations left to send through the broker, and the next skip.
@@ -72,14 +117,13 @@ fn pidfd_of(pid: u32) -> Option<OwnedFd> {
 }
 
 impl Connection {
-    /// Sends the sealed block `fd` of `size` bytes into `pid`'s table over a leased channel:
-    /// `Ok(Some(handle))` once it is on its way, `Ok(None)` when no lease can be had (allocate
-    /// through the broker then). `fd` itself stays open here.
+    /// Sends `block` into `pid`'s table over a leased channel: `Ok(Some(handle))` once it is on
+    /// its way (lent: it may come back), `Ok(None)` when no lease can be had (allocate through the
+    /// broker then).
     pub fn send_leased(
         &mut self,
         pid: u32,
-        fd: BorrowedFd<'_>,
-        size: u64,
+        block: &Arc<Block>,
         deadline: Instant,
     ) -> Result<Option<u32>, Failed> {
         if let Some(refused) = self.leases.refused.get_mut(&pid) {
@@ -108,8 +152,18 @@ impl Connection {
             self.leases.by_pid.remove(&pid);
             return Ok(None);
         }
-        match channel::send(lease.channel.as_fd(), Delivery { handle, size }, fd) {
-            Ok(()) => Ok(Some(handle)),
+        lease.take_returns();
+        // Before it goes: from the moment it is on the channel, the target may return it.
+        block.lend_to(pid);
+        let delivery = Delivery {
+            handle,
+            size: block.size(),
+        };
+        match channel::send(lease.channel.as_fd(), delivery, block.fd()) {
+            Ok(()) => {
+                lease.keep_lent(handle, block);
+                Ok(Some(handle))
+            }
             Err(Errno::AGAIN | Errno::NOBUFS | Errno::NOMEM | Errno::MFILE | Errno::NFILE) => {
                 // The channel is full (the target does not take its blocks): keep the value.
                 lease.values.push(handle);
@@ -125,10 +179,10 @@ impl Connection {
     /// Asks for a run of values of `pid`'s table: whether some were granted.
     fn lease(&mut self, pid: u32, deadline: Instant) -> Result<bool, Failed> {
         // Pinned before asking, so that the answer can be checked to be about this process.
-        let (pidfd, channel) = match self.leases.by_pid.remove(&pid) {
-            Some(old) => (old.pidfd, Some(old.channel)),
+        let (pidfd, old) = match self.leases.by_pid.remove(&pid) {
+            Some(old) => (None, Some(old)),
             None => match pidfd_of(pid) {
-                Some(pidfd) => (pidfd, None),
+                Some(pidfd) => (Some(pidfd), None),
                 None => return Ok(false),
             },
         };
@@ -157,7 +211,12 @@ impl Connection {
         self.leases.refused.remove(&pid);
         // The lease is for the process the broker found under `pid`; it is ours only if the one
         // we pinned before asking is still alive (then the pid was not reused in between).
-        if exited(pidfd.as_fd()) {
+        let pinned = match (&old, &pidfd) {
+            (Some(old), _) => old.pidfd.as_fd(),
+            (None, Some(pidfd)) => pidfd.as_fd(),
+            (None, None) => return Ok(false),
+        };
+        if exited(pinned) {
             return Ok(false);
         }
         // Leases of processes that exited go now, so that their descriptors do not pile up; past
@@ -172,14 +231,20 @@ impl Connection {
         }
         let mut values: Vec<u32> = lease_values(start, mask).collect();
         values.reverse(); // popped from the end: lowest value first
-        self.leases.by_pid.insert(
-            pid,
-            Lease {
+        let lease = match (old, pidfd) {
+            (Some(mut old), _) => {
+                old.values = values;
+                old
+            }
+            (None, Some(pidfd)) => Lease {
                 pidfd,
-                channel: channel.unwrap_or(sent),
+                channel: sent,
                 values,
+                lent: Vec::new(),
             },
-        );
+            (None, None) => return Ok(false),
+        };
+        self.leases.by_pid.insert(pid, lease);
         Ok(true)
     }
 }

@@ -72,8 +72,9 @@ pub(crate) struct OwnTable {
     lease: (u32, u32),
     held: HashMap<u32, Held>,
     remote_frees_seen: u64,
-    /// The receiving ends of the channels into this table, by number.
-    channels: HashMap<u32, OwnedFd>,
+    /// The receiving ends of the channels into this table, by number (shared with the blocks
+    /// that came over them, which are given back over them).
+    channels: HashMap<u32, Arc<OwnedFd>>,
     /// The largest block the broker accepts: a block sent over a channel may be no larger.
     max_block: u64,
 }
@@ -125,7 +126,7 @@ impl OwnTable {
             let (handle, size, fd) = match message {
                 Unasked::Adopt(handle, size, fd) => (handle, size, fd),
                 Unasked::Leased(k, fd) => {
-                    self.channels.entry(k).or_insert(fd);
+                    self.channels.entry(k).or_insert_with(|| Arc::new(fd));
                     continue;
                 }
                 Unasked::Unleased(k) => {
@@ -250,7 +251,7 @@ impl OwnTable {
     /// Takes the blocks waiting on channel `k` into our table, up to and including `wanted`'s (the
     /// rest wait for a call that needs them, or for the broker).
     fn receive(&mut self, k: u32, wanted: u32) {
-        let Some(channel) = self.channels.get(&k) else {
+        let Some(channel) = self.channels.get(&k).cloned() else {
             return;
         };
         let mut taken = Vec::new();
@@ -283,7 +284,8 @@ impl OwnTable {
             self.channels.remove(&k);
         }
         for (handle, fd, size, frozen, slot) in taken {
-            self.keep(handle, block::foreign(fd, size, frozen), slot);
+            let lent = Block::lent(fd, size, frozen, Arc::clone(&channel), handle);
+            self.keep(handle, Arc::new(lent), slot);
         }
     }
 
