@@ -29,22 +29,39 @@ impl SealedBlock {
     ///
     /// Filling uses `pwrite`, or `fallocate` before any page is touched, so a shortage of memory is
     /// an error here rather than a `SIGBUS` in a reader (or in the fill function).
+    #[cfg(test)]
     pub fn new(contents: Contents<'_>, frozen: bool, len: u64) -> Result<SealedBlock> {
+        let fd = SealedBlock::create(reserved_by(&contents))?;
+        SealedBlock::finish(fd, contents, frozen, len)
+    }
+
+    /// The first step of [`new`](SealedBlock::new): a memfd with `reserve` bytes of pages
+    /// allocated (a shortage of memory fails here, before any contents are consumed).
+    pub fn create(reserve: u64) -> Result<OwnedFd> {
         let fd =
             rustix::fs::memfd_create(c"shalloc", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
                 .map_err(|e| Error::os("memfd_create", e))?;
+        if reserve > 0 {
+            rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, reserve)
+                .map_err(|e| Error::os("fallocate", e))?;
+        }
+        Ok(fd)
+    }
+
+    /// The second step: fills `fd`, made by [`create`](SealedBlock::create) with
+    /// [`reserved_by`]`(&contents)` bytes reserved, then sizes and seals it.
+    pub fn finish(
+        fd: OwnedFd,
+        contents: Contents<'_>,
+        frozen: bool,
+        len: u64,
+    ) -> Result<SealedBlock> {
         let size = contents.len();
-        let reserve = |len: u64| {
-            rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, len)
-                .map_err(|e| Error::os("fallocate", e))
-        };
         match contents {
             Contents::Bytes(data) => write_all(&fd, data, 0)?,
-            Contents::Zeroed(0) => {}
-            Contents::Zeroed(len) => reserve(len)?,
+            Contents::Zeroed(_) => {}
             Contents::Filled(0, fill) => fill(&mut []),
             Contents::Filled(len, fill) => {
-                reserve(len)?;
                 let mut map = PrivateFill::map(&fd, len)?;
                 fill(map.bytes());
                 // Unmapped before sealing: F_SEAL_WRITE needs no writable mapping to exist.
@@ -62,6 +79,15 @@ impl SealedBlock {
         };
         rustix::fs::fcntl_add_seals(&fd, seals).map_err(|e| Error::os("sealing the memfd", e))?;
         Ok(SealedBlock { fd, size, len })
+    }
+}
+
+/// The bytes [`SealedBlock::create`] must reserve for `contents`: all of them, but for bytes
+/// written with `pwrite` (which allocates as it goes, and fails cleanly when it cannot).
+pub(crate) fn reserved_by(contents: &Contents<'_>) -> u64 {
+    match contents {
+        Contents::Bytes(_) => 0,
+        Contents::Zeroed(len) | Contents::Filled(len, _) => *len,
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use shalloc_protocol::block::class_bytes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use fresh::SealedBlock;
 pub(crate) use held::Block;
 
@@ -52,17 +52,13 @@ impl Contents<'_> {
 pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<Block> {
     let size = contents.len();
     let class = class_bytes(size);
+    let mut contents = contents;
     if !frozen {
         if let Some(pooled) = pool::take(class, target) {
-            // A pooled block that cannot be refilled (out of memory) is closed with the error.
-            refill::refill(&pooled, contents)?;
-            return Ok(Block::made_here(
-                pooled.fd,
-                size,
-                pooled.len,
-                false,
-                pooled.lessee,
-            ));
+            match from_pool(pooled, contents)? {
+                Ok(block) => return Ok(block),
+                Err(unused) => contents = unused,
+            }
         }
     }
     let len = if !frozen && pool::enabled() {
@@ -70,8 +66,63 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
     } else {
         size
     };
-    let fresh = SealedBlock::new(contents, frozen, len)?;
+    // Warm blocks must never make an allocation fail that would succeed without them: short of
+    // memory, the pool gives its pages back and the allocation is tried once more.
+    let reserve = fresh::reserved_by(&contents);
+    let fd = retry_after_trim(|| SealedBlock::create(reserve))?;
+    let fresh = match contents {
+        Contents::Bytes(data) => {
+            match SealedBlock::finish(fd, Contents::Bytes(data), frozen, len) {
+                Err(Error::OutOfMemory { .. }) if pool::trim() > 0 => {
+                    let fd = SealedBlock::create(0)?;
+                    SealedBlock::finish(fd, Contents::Bytes(data), frozen, len)?
+                }
+                made => made?,
+            }
+        }
+        contents => SealedBlock::finish(fd, contents, frozen, len)?,
+    };
     Ok(Block::made_here(fresh.fd, fresh.size, fresh.len, frozen, 0))
+}
+
+/// Refills `pooled` with `contents`: `Ok(Err(contents))` when memory ran short before they were
+/// consumed (the pool is then emptied, and a fresh block is the way on).
+fn from_pool(pooled: pool::Pooled, contents: Contents<'_>) -> Result<Result<Block, Contents<'_>>> {
+    let made = |p: pool::Pooled, size| Block::made_here(p.fd, size, p.len, false, p.lessee);
+    let size = contents.len();
+    let short = |e: &Error| matches!(e, Error::OutOfMemory { .. });
+    match refill::prepare(&pooled, &contents) {
+        Ok(()) => {}
+        Err(e) if short(&e) => {
+            drop(pooled);
+            pool::trim();
+            return Ok(Err(contents));
+        }
+        Err(e) => return Err(e),
+    }
+    if let Contents::Bytes(data) = contents {
+        // pwrite allocates the pages the old block did not have as it goes.
+        return match refill::refill(&pooled, Contents::Bytes(data)) {
+            Ok(()) => Ok(Ok(made(pooled, size))),
+            Err(e) if short(&e) => {
+                drop(pooled);
+                pool::trim();
+                Ok(Err(Contents::Bytes(data)))
+            }
+            Err(e) => Err(e),
+        };
+    }
+    refill::refill(&pooled, contents)?;
+    Ok(Ok(made(pooled, size)))
+}
+
+/// Runs `f`, and once more after emptying the pool if it ran out of memory while the pool held
+/// blocks.
+fn retry_after_trim<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    match f() {
+        Err(Error::OutOfMemory { .. }) if pool::trim() > 0 => f(),
+        other => other,
+    }
 }
 
 /// A block the broker sent, shared by this process's handles and views.

@@ -14,7 +14,26 @@ use crate::error::{Error, Result};
 /// Zeros for the tail of a block's last page.
 static ZEROS: [u8; 4096] = [0; 4096];
 
-/// Puts `contents` into the pooled block: its size is theirs from now on.
+/// Allocates the pages `contents` will need in the pooled block, before they are consumed (the
+/// step that can run out of memory, but for `pwrite`'s own).
+pub(crate) fn prepare(pooled: &Pooled, contents: &Contents<'_>) -> Result<()> {
+    match contents {
+        Contents::Bytes(_) | Contents::Filled(0, _) => Ok(()),
+        Contents::Zeroed(size) | Contents::Filled(size, _) => {
+            if let Contents::Zeroed(_) = contents {
+                // Holes: zero whatever was there, and the pages come back as they are reserved.
+                punch(
+                    &pooled.fd,
+                    0,
+                    pooled.dirty.min(dirty_extent(*size, pooled.len)),
+                )?;
+            }
+            reserve(&pooled.fd, *size)
+        }
+    }
+}
+
+/// Puts `contents` into the pooled block, [`prepare`]d for them: its size is theirs from now on.
 pub(crate) fn refill(pooled: &Pooled, contents: Contents<'_>) -> Result<()> {
     let fd = &pooled.fd;
     let size = contents.len();
@@ -29,14 +48,9 @@ pub(crate) fn refill(pooled: &Pooled, contents: Contents<'_>) -> Result<()> {
             write_all(fd, data, 0)?;
             zero(fd, size, stale)?;
         }
-        Contents::Zeroed(_) => {
-            // Holes: zero whatever was there, and the pages come back as they are touched.
-            punch(fd, 0, stale)?;
-            reserve(fd, size)?;
-        }
+        Contents::Zeroed(_) => {}
         Contents::Filled(0, fill) => fill(&mut []),
         Contents::Filled(_, fill) => {
-            reserve(fd, size)?;
             let mut map = PrivateFill::map(fd, size)?;
             let bytes = map.bytes();
             // The function is promised zeros: clear what the old block wrote (warm pages, so a
