@@ -12,8 +12,12 @@
 //!    that process could still hold it. One only we ever locked is.
 //! 4. A block alive at a `fork` is never reused: the child inherited its mapping (and checks it).
 //!    One made after the fork is.
-//! 5. A block sent to another table (`alloc` to another pid, `map_handle` to another pid) never
-//!    comes back: a receiver that kept a duplicate descriptor sees none of our later blocks' bytes.
+//! 5. A block sent to another table is never reused for anyone but its receiver: one that went
+//!    through the broker (the receiver had not attached its table) never comes back at all; one
+//!    that went over a channel (`map_handle` into an attached table) comes back and is reused for
+//!    that receiver's table only — never for our own table or a third process's. A receiver that
+//!    kept a duplicate descriptor of such a block sees nothing but bytes meant for it. (Hand-off
+//!    recycling in depth is `recycling_handoff.rs`.)
 //! 6. The pool holds at most 32 blocks (the newest), and `trim` closes them all.
 //! 7. `SHALLOC_POOL_BYTES=0` turns recycling off: nothing pooled, memfds exactly their size.
 //! 8. `SHALLOC_POOL_IDLE_MS`: an idle block is given back on the next call that touches the pool
@@ -23,8 +27,11 @@
 //!
 //! A block's memfd shows in `/proc/self/fd` as `/memfd:shalloc (deleted)` (the own table's
 //! segment is `memfd:shalloc-table`, and is not counted). Its inode is found from a view's mapping
-//! in `/proc/self/maps`. Settings from the environment are read once, at the pool's first use, so
-//! the tests that change them do so in a forked child before its first shalloc call.
+//! in `/proc/self/maps`; memfd inodes are not handed out again while a test runs, so the same inode
+//! means the same memfd. Settings from the environment are read once, at the pool's first use, so
+//! the tests that change them do so in a forked child before its first shalloc call; every test
+//! process keeps pooled blocks for a minute (`test_env`), so a loaded machine cannot turn an
+//! expected reuse into a fresh block.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,7 +44,7 @@ mod support;
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::TestEnv;
@@ -57,6 +64,7 @@ const HOLDING: u32 = 1;
 const FREED: u32 = 2;
 const UNLOCKED: u32 = 3;
 const DONE: u32 = 4;
+const ATTACHED: u32 = 5;
 
 /// A block's memfd as this process holds it, opened again through `/proc/self/fd`.
 struct Memfd {
@@ -67,7 +75,7 @@ struct Memfd {
 }
 
 impl Memfd {
-    fn open(path: &PathBuf, write: bool) -> Memfd {
+    fn open(path: &Path, write: bool) -> Memfd {
         let file = File::options()
             .read(true)
             .write(write)
@@ -406,7 +414,7 @@ fn a_block_another_process_locked_through_our_table_is_never_reused() {
     });
 
     let h = alloc(&[0x33; SIZE], me).unwrap();
-    let lent = inode_of(h, me);
+    let reopened = inode_of(h, me);
     end.send(h.as_raw());
     assert_eq!(end.recv(), HOLDING);
     free(h, me).unwrap();
@@ -419,12 +427,12 @@ fn a_block_another_process_locked_through_our_table_is_never_reused() {
     assert_eq!(end.recv(), UNLOCKED);
     assert_eq!(pooled(), (0, 0));
 
-    // Blocks of that class now: never the lent one; and since each of them only ever was locked
+    // Blocks of that class now: never the one the broker reopened; and since each of them only ever was locked
     // here, they are recycled among themselves (all one inode from the first on).
     let inodes: Vec<u64> = (0..6u8).map(|i| cycle(&[i; SIZE], me)).collect();
     assert!(
-        !inodes.contains(&lent),
-        "the block another process locked was reused: {inodes:?}, lent {lent}"
+        !inodes.contains(&reopened),
+        "the block another process locked was reused: {inodes:?}, that one {reopened}"
     );
     assert!(
         inodes.iter().all(|&i| i == inodes[0]),
@@ -485,13 +493,29 @@ fn a_block_alive_at_a_fork_is_never_reused() {
 // 5. Sent to another table
 // ---------------------------------------------------------------------------------------------
 
-/// In process Q: takes the block of the next handle P sends into our table (`value` bytes), keeps
-/// a duplicate descriptor of its memfd (as any holder of a block may), tells P its inode, and
-/// frees it. Returns the duplicate.
-fn keep_a_duplicate(end: &mut End, me: Pid, value: u8, size: usize) -> Memfd {
+/// Test 5's sizes and bytes. Exactly a class: whatever length a block sent away is made, its class
+/// is this.
+const SENT_SIZE: usize = 8_192;
+/// What P puts into its own table: no other process may ever see it.
+const SECRET: u8 = 0x5E;
+/// What P puts into a receiver's table later: that receiver may see it anywhere it held before.
+const LATER: u8 = 0x7A;
+
+/// A process P sends blocks to (test 5). With `attach_first` it uses its own table before the
+/// first block comes (so P's blocks come over a channel), else not (so the first comes through
+/// the broker). It keeps a duplicate descriptor of the first block's memfd, as any holder of a
+/// block may, and frees its handle; then takes the blocks P sends later (`LATER` bytes, any size)
+/// one at a time until P sends 0, telling P each one's inode; then gives `check` what its
+/// duplicate shows.
+fn receiver(mut end: End, attach_first: bool, first: u8, check: impl FnOnce(&[u8])) -> i32 {
+    let me = Pid::current();
+    if attach_first {
+        cycle(b"attach our table", me);
+        end.send(ATTACHED);
+    }
     let h = handle(end.recv());
     let view = lock(h, me).unwrap();
-    assert!(all(&view.to_vec(), value), "Q saw other bytes");
+    assert!(all(&view.to_vec(), first), "the receiver saw other bytes");
     let ino = view_inode(&view);
     // Our table holds the block's descriptor once it has taken the block in (should the broker
     // have answered the lock first, the next call on our table takes it in).
@@ -499,14 +523,34 @@ fn keep_a_duplicate(end: &mut End, me: Pid, value: u8, size: usize) -> Memfd {
         drop(lock(h, me).unwrap());
         block_inodes().contains(&ino)
     });
-    // Opened again read/write from our own descriptor: a second open of the memfd that nothing of
-    // shalloc knows about.
+    // Opened again read/write from our own descriptor: a second open of the memfd that nothing
+    // of shalloc knows about.
     let dup = block_with_inode(ino, true);
-    assert_eq!(dup.len, size as u64);
-    send_u64(end, ino);
+    assert_eq!(dup.len, SENT_SIZE as u64);
+    send_u64(&mut end, ino);
     drop(view);
     free(h, me).unwrap();
-    dup
+    end.send(FREED);
+    loop {
+        let raw = end.recv();
+        if raw == 0 {
+            break;
+        }
+        let view = lock(handle(raw), me).unwrap();
+        assert!(all(&view.to_vec(), LATER), "the receiver saw other bytes");
+        send_u64(&mut end, view_inode(&view));
+        drop(view);
+        free(handle(raw), me).unwrap();
+    }
+    check(&dup.read(0, SENT_SIZE));
+    0
+}
+
+/// Puts a block of `LATER` bytes into `to`'s table and returns the inode its receiver reports.
+fn send_later(end: &mut End, to: Pid, size: usize) -> u64 {
+    let h = alloc(&vec![LATER; size], to).unwrap();
+    end.send(h.as_raw());
+    recv_u64(end)
 }
 
 #[test]
@@ -514,88 +558,81 @@ fn a_block_sent_to_another_table_is_never_reused_for_another_and_a_kept_duplicat
  {
     let _env = test_env();
     let me = start();
-    // Exactly a class: whatever length a block sent away is made, its class is this.
-    const SIZE: usize = 8_192;
-    /// What P puts into its own table afterwards: Q must never see it.
-    const SECRET: u8 = 0x5E;
-    /// What P puts into Q's table afterwards: Q may see it anywhere it held before.
-    const LATER: u8 = 0x7A;
     const ROUNDS: usize = 30;
 
-    // Q: forked before any block exists, and it makes no shalloc call before its first block
-    // arrives (so its table is not attached yet: that block comes through the broker).
-    let (mut q, mut end) = fork_with_channel(move |mut end| {
-        let me = Pid::current();
-        let through_broker = keep_a_duplicate(&mut end, me, 0x77, SIZE);
-        let mapped = keep_a_duplicate(&mut end, me, 0x78, SIZE);
-        end.send(FREED);
-        // Blocks P puts into our table later, one at a time, until it sends 0.
-        loop {
-            let raw = end.recv();
-            if raw == 0 {
-                break;
-            }
-            let view = lock(handle(raw), me).unwrap();
-            assert!(all(&view.to_vec(), LATER), "Q saw other bytes");
-            send_u64(&mut end, view_inode(&view));
-            drop(view);
-            free(handle(raw), me).unwrap();
-        }
-        // A block that came through the broker never comes back to its sender, even for us.
-        let bytes = through_broker.read(0, SIZE);
-        assert!(
-            all(&bytes, 0x77),
-            "a duplicate of a block sent through the broker changed: first wrong {:?}",
-            first_not(&bytes, 0x77)
-        );
-        // One that came over a channel may have come back for our table (then we see LATER:
-        // bytes P put into our own table), never for anyone else's.
-        let bytes = mapped.read(0, SIZE);
-        assert!(
-            !bytes.contains(&SECRET),
-            "a duplicate Q kept shows bytes P put into its own table"
-        );
-        assert!(
-            bytes.iter().all(|b| [0x78, LATER].contains(b)),
-            "a duplicate Q kept shows bytes it was never sent"
-        );
-        0
+    // Q gets a block through the broker (its table is not attached yet); such a block never comes
+    // back, even for Q.
+    let (mut q, mut to_q) = fork_with_channel(|end| {
+        receiver(end, false, 0x77, |dup| {
+            assert!(
+                all(dup, 0x77),
+                "Q's duplicate of a block sent through the broker changed: first wrong {:?}",
+                first_not(dup, 0x77)
+            );
+        })
+    });
+    // L gets a block over a channel (mapped from our table): it comes back when L is done, to be
+    // reused for L's table only. Its duplicate may show what we put into L's table later, never
+    // anything else.
+    let (mut l, mut to_l) = fork_with_channel(|end| {
+        receiver(end, true, 0x78, |dup| {
+            assert!(
+                !dup.contains(&SECRET),
+                "L's duplicate shows bytes we put into our own table"
+            );
+            assert!(
+                dup.iter().all(|b| [0x78, LATER].contains(b)),
+                "L's duplicate shows bytes that were never L's"
+            );
+        })
     });
 
-    // One block straight into Q's table (through the broker: Q has not attached its table)...
-    let sent = alloc(&[0x77; SIZE], q.pid()).unwrap();
+    let to_q_handle = alloc(&[0x77; SENT_SIZE], q.pid()).unwrap();
     assert_eq!(
         pooled(),
         (0, 0),
         "a block sent to another table went to the pool"
     );
-    end.send(sent.as_raw());
-    let sent = recv_u64(&mut end);
-    // ...and one made in our table, mapped into Q's, then freed here.
-    let ours = alloc(&[0x78; SIZE], me).unwrap();
-    let mapped = inode_of(ours, me);
-    let in_q = map_handle(ours, me, q.pid()).unwrap();
+    to_q.send(to_q_handle.as_raw());
+    let sent = recv_u64(&mut to_q);
+    assert_eq!(to_q.recv(), FREED);
+
+    assert_eq!(to_l.recv(), ATTACHED);
+    let ours = alloc(&[0x78; SENT_SIZE], me).unwrap();
+    let lent = inode_of(ours, me);
+    let in_l = map_handle(ours, me, l.pid()).unwrap();
     free(ours, me).unwrap();
     assert_eq!(
         pooled(),
         (0, 0),
         "a block mapped into another table went to the pool while that table holds it"
     );
-    end.send(in_q.as_raw());
-    assert_eq!(recv_u64(&mut end), mapped, "Q holds another block");
-    assert_eq!(end.recv(), FREED);
+    to_l.send(in_l.as_raw());
+    assert_eq!(recv_u64(&mut to_l), lent, "L holds another block");
+    assert_eq!(to_l.recv(), FREED);
+    // L has given it back over the channel; our next block for L (of another class) takes the
+    // return in. Then the lent block waits in our pool, for L only.
+    send_later(&mut to_l, l.pid(), 100);
+    assert!(
+        block_inodes().contains(&lent),
+        "the block lent to L did not come back (did it go over a channel?)"
+    );
+    assert!(
+        !block_inodes().contains(&sent),
+        "the block sent through the broker came back"
+    );
 
-    // Many blocks of secret bytes of that class in our own table: none may land in a memfd Q
-    // held; and they are recycled among themselves (all one inode).
+    // Many blocks of secret bytes of that class in our own table: none may land in a memfd Q or
+    // L held; and they are recycled among themselves (all one inode).
     let mut own = HashSet::new();
     for _ in 0..200 {
-        let h = alloc(&[SECRET; SIZE], me).unwrap();
+        let h = alloc(&[SECRET; SENT_SIZE], me).unwrap();
         own.insert(inode_of(h, me));
         free(h, me).unwrap();
     }
     assert!(
-        !own.contains(&sent) && !own.contains(&mapped),
-        "a block Q held was reused for our own table: {own:?}, sent {sent}, mapped {mapped}"
+        !own.contains(&sent) && !own.contains(&lent),
+        "a block Q or L held was reused for our own table: {own:?}, sent {sent}, lent {lent}"
     );
     assert_eq!(
         own.len(),
@@ -603,26 +640,37 @@ fn a_block_sent_to_another_table_is_never_reused_for_another_and_a_kept_duplicat
         "our own blocks of one class were not recycled"
     );
 
-    // Blocks into Q's table: the one that went through the broker never comes back, while others
-    // do (Q sees a memfd it had before).
+    // Blocks into Q's table: neither the block that went to Q through the broker nor the one L
+    // held; while blocks do come back (Q sees a memfd it had before).
     let into_q: Vec<u64> = (0..ROUNDS)
-        .map(|_| {
-            let h = alloc(&[LATER; SIZE], q.pid()).unwrap();
-            end.send(h.as_raw());
-            recv_u64(&mut end)
-        })
+        .map(|_| send_later(&mut to_q, q.pid(), SENT_SIZE))
         .collect();
-    end.send(0);
     assert!(
-        !into_q.contains(&sent),
-        "a block sent through the broker came back: {into_q:?}, sent {sent}"
+        !into_q.contains(&sent) && !into_q.contains(&lent),
+        "a block sent through the broker, or lent to L, went to Q: {into_q:?}, sent {sent}, \
+         lent {lent}"
     );
     let distinct: HashSet<u64> = into_q.iter().copied().collect();
     assert!(
         distinct.len() < ROUNDS,
         "no block into Q's table was ever reused: {into_q:?}"
     );
+    assert!(
+        block_inodes().contains(&lent),
+        "the block lent to L left the pool"
+    );
+
+    // The positive control for L: the block it gave back is what its next block of that class is.
+    assert_eq!(
+        send_later(&mut to_l, l.pid(), SENT_SIZE),
+        lent,
+        "the block L gave back was not reused for L"
+    );
+
+    to_q.send(0);
+    to_l.send(0);
     q.expect_success();
+    l.expect_success();
 }
 
 // ---------------------------------------------------------------------------------------------
