@@ -4,11 +4,12 @@
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
+use std::time::Instant;
 
 use shalloc_protocol::wire::{Reply, Request};
 
 use crate::block::{self, Block, Contents};
-use crate::client::{self, table::Lookup};
+use crate::client::{self, Connection, Failed, table::Lookup};
 use crate::error::{Error, Result};
 use crate::ids::{Handle, Pid};
 use crate::view::View;
@@ -80,26 +81,28 @@ pub(crate) fn alloc_contents_if(
         return client::with_table(|conn, table, deadline| table.insert(conn, &block, deadline))
             .map(Some);
     }
-    // Another table: straight to its owner over a leased channel when we can, else through the
-    // broker (which gives the same answers, failures included).
-    send_out(&block, to).map(Some)
+    client::with_table(|conn, _, deadline| send_into(conn, &block, to, deadline)).map(Some)
 }
 
-/// Puts `block`, held here, into the table of process `to` (not ours): over a leased channel it is
-/// lent, and may come back; through the broker it is gone for good.
-fn send_out(block: &Arc<Block>, to: Pid) -> Result<Handle> {
-    let leased =
-        client::with_table(|conn, _, deadline| conn.send_leased(to.as_raw(), block, deadline))?;
-    if let Some(handle) = leased {
-        return handle_from(Reply::Handle { handle });
+/// Puts `block`, held here, into the table of process `to` (not ours): straight to its owner over
+/// a leased channel when we can (lent: it may come back), else through the broker, which gives
+/// the same answers, failures included (gone for good: never recycled).
+fn send_into(
+    conn: &mut Connection,
+    block: &Arc<Block>,
+    to: Pid,
+    deadline: Instant,
+) -> Result<Handle, Failed> {
+    if let Some(handle) = conn.send_leased(to.as_raw(), block, deadline)? {
+        return Ok(handle_from(Reply::Handle { handle })?);
     }
     block.mark_exported();
-    let request = Request::Alloc {
+    let alloc = Request::Alloc {
         target: to.as_raw(),
         size: block.size(),
     };
-    let (reply, _) = client::call(&request, Some(block.fd()))?;
-    handle_from(reply)
+    let (reply, _) = client::call_on(conn, &alloc, Some(block.fd()), deadline)?;
+    Ok(handle_from(reply)?)
 }
 
 /// Copies `data` into a new block and puts a handle to it into the table of process `to`
@@ -301,16 +304,7 @@ pub fn map_handle(handle: Handle, from: Pid, to: Pid) -> Result<Handle> {
             // A second handle to the same block, held once.
             return table.insert(conn, &block, deadline);
         }
-        if let Some(handle) = conn.send_leased(to.as_raw(), &block, deadline)? {
-            return Ok(handle_from(Reply::Handle { handle })?);
-        }
-        block.mark_exported();
-        let alloc = Request::Alloc {
-            target: to.as_raw(),
-            size: block.size(),
-        };
-        let (reply, _) = client::call_on(conn, &alloc, Some(block.fd()), deadline)?;
-        Ok(handle_from(reply)?)
+        send_into(conn, &block, to, deadline)
     })
 }
 

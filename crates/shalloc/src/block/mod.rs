@@ -67,20 +67,16 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
         size
     };
     // Warm blocks must never make an allocation fail that would succeed without them: short of
-    // memory, the pool gives its pages back and the allocation is tried once more.
-    let reserve = fresh::reserved_by(&contents);
-    let fd = retry_after_trim(|| SealedBlock::create(reserve))?;
+    // memory, the pool gives its pages back and the allocation is tried once more (plain bytes
+    // can be written again; other contents are consumed only after their pages are reserved).
     let fresh = match contents {
-        Contents::Bytes(data) => {
-            match SealedBlock::finish(fd, Contents::Bytes(data), frozen, len) {
-                Err(Error::OutOfMemory { .. }) if pool::trim() > 0 => {
-                    let fd = SealedBlock::create(0)?;
-                    SealedBlock::finish(fd, Contents::Bytes(data), frozen, len)?
-                }
-                made => made?,
-            }
+        Contents::Bytes(data) => retry_after_trim(|| {
+            SealedBlock::finish(SealedBlock::create(0)?, Contents::Bytes(data), frozen, len)
+        })?,
+        contents => {
+            let fd = retry_after_trim(|| SealedBlock::create(fresh::reserved_by(&contents)))?;
+            SealedBlock::finish(fd, contents, frozen, len)?
         }
-        contents => SealedBlock::finish(fd, contents, frozen, len)?,
     };
     Ok(Block::made_here(fresh.fd, fresh.size, fresh.len, frozen, 0))
 }
@@ -88,32 +84,35 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
 /// Refills `pooled` with `contents`: `Ok(Err(contents))` when memory ran short before they were
 /// consumed (the pool is then emptied, and a fresh block is the way on).
 fn from_pool(pooled: pool::Pooled, contents: Contents<'_>) -> Result<Result<Block, Contents<'_>>> {
-    let made = |p: pool::Pooled, size| Block::made_here(p.fd, size, p.len, false, p.lessee);
     let size = contents.len();
-    let short = |e: &Error| matches!(e, Error::OutOfMemory { .. });
-    match refill::prepare(&pooled, &contents) {
-        Ok(()) => {}
-        Err(e) if short(&e) => {
+    // The step that can run out of memory: for plain bytes the whole refill (pwrite allocates
+    // the pages the old block did not have as it goes, and the bytes can be written again);
+    // for the rest, reserving their pages, before they are consumed.
+    let (ready, contents) = match contents {
+        Contents::Bytes(data) => (
+            refill::refill(&pooled, Contents::Bytes(data)),
+            Contents::Bytes(data),
+        ),
+        contents => (refill::prepare(&pooled, &contents), contents),
+    };
+    match ready {
+        Err(Error::OutOfMemory { .. }) => {
             drop(pooled);
             pool::trim();
             return Ok(Err(contents));
         }
-        Err(e) => return Err(e),
+        ready => ready?,
     }
-    if let Contents::Bytes(data) = contents {
-        // pwrite allocates the pages the old block did not have as it goes.
-        return match refill::refill(&pooled, Contents::Bytes(data)) {
-            Ok(()) => Ok(Ok(made(pooled, size))),
-            Err(e) if short(&e) => {
-                drop(pooled);
-                pool::trim();
-                Ok(Err(Contents::Bytes(data)))
-            }
-            Err(e) => Err(e),
-        };
+    if !matches!(contents, Contents::Bytes(_)) {
+        refill::refill(&pooled, contents)?;
     }
-    refill::refill(&pooled, contents)?;
-    Ok(Ok(made(pooled, size)))
+    Ok(Ok(Block::made_here(
+        pooled.fd,
+        size,
+        pooled.len,
+        false,
+        pooled.lessee,
+    )))
 }
 
 /// Runs `f`, and once more after emptying the pool if it ran out of memory while the pool held

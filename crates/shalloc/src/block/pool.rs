@@ -102,8 +102,7 @@ pub fn set_limit(bytes: Option<u64>) {
     let cap = settings().bytes;
     let mut pool = lock_pool();
     while (pool.bytes > cap || cap == 0) && !pool.blocks.is_empty() {
-        let oldest = pool.blocks.remove(0);
-        pool.bytes -= oldest.dirty;
+        pool.remove(0);
     }
 }
 
@@ -129,6 +128,13 @@ pub(crate) fn dirty_extent(size: u64, len: u64) -> u64 {
 }
 
 impl Pool {
+    /// Takes the block at `at` out, keeping the count of written bytes.
+    fn remove(&mut self, at: usize) -> Pooled {
+        let block = self.blocks.remove(at);
+        self.bytes -= block.dirty;
+        block
+    }
+
     fn drop_idle(&mut self, now: Instant, idle: Duration) {
         let stale = self
             .blocks
@@ -161,8 +167,7 @@ pub(crate) fn put(fd: OwnedFd, len: u64, dirty: u64, lessee: u32) {
     while !pool.blocks.is_empty()
         && (pool.blocks.len() >= MAX_BLOCKS || pool.bytes + dirty > settings.bytes)
     {
-        let oldest = pool.blocks.remove(0);
-        pool.bytes -= oldest.dirty;
+        pool.remove(0);
     }
     pool.bytes += dirty;
     pool.blocks.push(Pooled {
@@ -186,9 +191,7 @@ pub(crate) fn take(len: u64, target: u32) -> Option<Pooled> {
         .blocks
         .iter()
         .rposition(|b| b.len == len && (b.lessee == 0 || b.lessee == target))?;
-    let block = pool.blocks.remove(at);
-    pool.bytes -= block.dirty;
-    Some(block)
+    Some(pool.remove(at))
 }
 
 /// Called after every `fork` (see the client's atfork handlers): blocks made before it may now

@@ -18,18 +18,14 @@ static ZEROS: [u8; 4096] = [0; 4096];
 /// step that can run out of memory, but for `pwrite`'s own).
 pub(crate) fn prepare(pooled: &Pooled, contents: &Contents<'_>) -> Result<()> {
     match contents {
-        Contents::Bytes(_) | Contents::Filled(0, _) => Ok(()),
-        Contents::Zeroed(size) | Contents::Filled(size, _) => {
-            if let Contents::Zeroed(_) = contents {
-                // Holes: zero whatever was there, and the pages come back as they are reserved.
-                punch(
-                    &pooled.fd,
-                    0,
-                    pooled.dirty.min(dirty_extent(*size, pooled.len)),
-                )?;
-            }
+        Contents::Bytes(_) => Ok(()),
+        Contents::Zeroed(size) => {
+            // Holes: zero whatever was there, and the pages come back as they are reserved.
+            let stale = pooled.dirty.min(dirty_extent(*size, pooled.len));
+            punch(&pooled.fd, 0, stale)?;
             reserve(&pooled.fd, *size)
         }
+        Contents::Filled(size, _) => reserve(&pooled.fd, *size),
     }
 }
 

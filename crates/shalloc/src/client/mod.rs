@@ -25,7 +25,8 @@ use shalloc_protocol::rendezvous::Rendezvous;
 use shalloc_protocol::wire::{Reply, Request};
 
 use crate::error::{Error, Result};
-use connection::{CallError, ConnectError, Connection};
+pub(crate) use connection::Connection;
+use connection::{CallError, ConnectError};
 use table::OwnTable;
 
 /// The environment variable that sets the timeout of every call, in milliseconds.
