@@ -205,16 +205,20 @@ pub fn svg(
     };
     for (p, &scenario) in scenarios.iter().enumerate() {
         let x0 = PANEL_W * p as f64;
-        let absolute = systems
-            .iter()
-            .map(|&system| {
-                let points = sizes
-                    .iter()
-                    .filter_map(|&size| Some((size, median(scenario, size, system)? / 1000.0)))
-                    .collect();
-                (system, points)
-            })
-            .collect();
+        // One line per system: `value(size, system)` at every size that has one.
+        let series = |value: &dyn Fn(usize, System) -> Option<f64>| {
+            systems
+                .iter()
+                .map(|&system| {
+                    let points = sizes
+                        .iter()
+                        .filter_map(|&size| Some((size, value(size, system)?)))
+                        .collect();
+                    (system, points)
+                })
+                .collect()
+        };
+        let absolute = series(&|size, system| Some(median(scenario, size, system)? / 1000.0));
         draw_panel(
             &mut out,
             &Panel {
@@ -227,19 +231,10 @@ pub fn svg(
             },
             sizes,
         );
-        let ratios = systems
-            .iter()
-            .map(|&system| {
-                let points = sizes
-                    .iter()
-                    .filter_map(|&size| {
-                        let floor = median(scenario, size, System::Floor)?;
-                        Some((size, median(scenario, size, system)? / floor))
-                    })
-                    .collect();
-                (system, points)
-            })
-            .collect();
+        let ratios = series(&|size, system| {
+            let floor = median(scenario, size, System::Floor)?;
+            Some(median(scenario, size, system)? / floor)
+        });
         draw_panel(
             &mut out,
             &Panel {
