@@ -22,7 +22,7 @@ use shalloc_protocol::wire::{Delivery, Reply, Request, lease_values};
 
 use super::Failed;
 use super::connection::{CallError, Connection};
-use crate::block::Block;
+use crate::block::{Block, pool};
 
 /// After a refused lease, allocations into that process go through the broker this many times
 /// before the next ask (doubling on each refusal up to [`MAX_REFUSED_SKIP`]), so a target that
@@ -53,9 +53,13 @@ struct Lease {
 
 impl Lease {
     /// Takes back the blocks the target returned: each goes to the pool (for this target only)
-    /// as its last reference drops. A return of a block we did not lend it is ignored.
+    /// as its last reference drops. A return of a block we did not lend it is ignored. With
+    /// nothing lent, nothing is read (no system call): what waits can only be ignored anyway.
     fn take_returns(&mut self) {
         for _ in 0..MAX_RETURNS_PER_SEND {
+            if self.lent.is_empty() {
+                break;
+            }
             match channel::take_return(self.channel.as_fd()) {
                 Some(Some(handle)) => {
                     if let Some(at) = self.lent.iter().position(|(h, _)| *h == handle) {
@@ -68,8 +72,13 @@ impl Lease {
         }
     }
 
-    /// Keeps `block`, just sent under `handle`, until the target returns it.
+    /// Keeps `block`, just sent under `handle`, until the target returns it (with recycling on:
+    /// else it is let go at once).
     fn keep_lent(&mut self, handle: u32, block: &Arc<Block>) {
+        if !pool::enabled() {
+            block.mark_exported();
+            return;
+        }
         if self.lent.len() >= MAX_LENT {
             let (_, oldest) = self.lent.remove(0);
             oldest.mark_exported();
