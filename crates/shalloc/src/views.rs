@@ -35,7 +35,9 @@ struct Record {
     owner: Owner,
     /// The block as this process holds it, for a view of the own table's block: the view keeps it
     /// from being recycled while it lives.
-    _held: Option<Arc<Block>>,
+    held: Option<Arc<Block>>,
+    /// Whether the view shows the block's kept mapping (given back, not unmapped, at the end).
+    kept: bool,
 }
 
 /// The registry's contents.
@@ -62,7 +64,9 @@ fn page_size() -> usize {
 }
 
 /// Maps `size` bytes of `fd` (read/write or read-only) and registers the view, which keeps `held`
-/// until it is unmapped.
+/// until it is unmapped. A Rust guard's view shows `held`'s kept mapping when it can (no other
+/// view shows it, and it has the right length and protection): no `mmap`, and pages already in
+/// the page tables.
 ///
 /// An empty block gets one inaccessible page, so that every lock still returns a distinct,
 /// non-null address.
@@ -79,6 +83,25 @@ pub(crate) fn map(
         max: usize::MAX as u64,
     })?;
     let mut registry = lock_registry();
+    // Only for a Rust guard: safe code cannot use its pointer once it is dropped, while a C
+    // caller's pointer must stop working at `SHUnlockShared` (the kept mapping stays mapped).
+    let kept = held
+        .as_ref()
+        .filter(|_| owner == Owner::Rust)
+        .and_then(|block| block.show(write));
+    if let Some(ptr) = kept {
+        let mapped = len.div_ceil(page_size()) * page_size();
+        let record = Record {
+            mapped,
+            size,
+            frozen,
+            owner,
+            held,
+            kept: true,
+        };
+        registry.0.insert(ptr.as_ptr() as usize, record);
+        return Ok(ptr);
+    }
     let (ptr, mapped) = if len == 0 {
         // SAFETY: a fresh anonymous mapping at an address the kernel picks affects no existing memory.
         let p = unsafe {
@@ -113,7 +136,8 @@ pub(crate) fn map(
             size,
             frozen,
             owner,
-            _held: held,
+            held,
+            kept: false,
         },
     );
     Ok(ptr)
@@ -137,9 +161,13 @@ pub(crate) fn unmap_containing(addr: usize, owner: Owner) -> std::result::Result
     let Some(record) = registry.0.remove(&start) else {
         return Err(NotAView::Unknown);
     };
-    // SAFETY: [start, start + mapped) is exactly a mapping this registry made and still owned; it
-    // was just removed from the registry, so nothing else will use or unmap it.
-    let _ = unsafe { rustix::mm::munmap(start as *mut std::ffi::c_void, record.mapped) };
+    match (&record.held, record.kept) {
+        // The block's own mapping: it stays, for the block's next view or refill.
+        (Some(block), true) => block.unshow(),
+        // SAFETY: [start, start + mapped) is exactly a mapping this registry made and still owned;
+        // it was just removed from the registry, so nothing else will use or unmap it.
+        _ => drop(unsafe { rustix::mm::munmap(start as *mut std::ffi::c_void, record.mapped) }),
+    }
     // Only now may the block be recycled: no view of it is left here.
     drop(record);
     Ok(())

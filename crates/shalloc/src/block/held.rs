@@ -5,12 +5,15 @@
 
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use shalloc_protocol::channel;
 
-use super::pool;
+use super::mapping::{Mapping, pages};
+use super::pool::{self, Returning};
+use super::received;
 
 /// Where a block came from, which decides where it goes when the last reference drops.
 #[derive(Debug)]
@@ -39,10 +42,26 @@ pub(crate) struct Block {
     /// The pool's generation when the block came here: a fork since then means a child may hold
     /// the descriptor or a mapping, so the block is not recycled.
     generation: u64,
+    /// The mapping the block keeps between views and refills. Taken only under the view
+    /// registry's lock (or in `drop`), so no fork can find it held.
+    kept: Mutex<Kept>,
+}
+
+/// A block's kept mapping (see [`Mapping`]), and whether a view shows it now.
+#[derive(Debug, Default)]
+struct Kept {
+    mapping: Option<Mapping>,
+    shown: bool,
 }
 
 impl Block {
-    fn new(fd: OwnedFd, size: u64, len: u64, frozen: bool, origin: Origin) -> Block {
+    fn new(
+        fd: OwnedFd,
+        (size, len): (u64, u64),
+        frozen: bool,
+        origin: Origin,
+        mapping: Option<Mapping>,
+    ) -> Block {
         let recyclable = !frozen && !matches!(origin, Origin::Foreign);
         Block {
             fd: ManuallyDrop::new(fd),
@@ -52,24 +71,85 @@ impl Block {
             origin,
             exported: AtomicBool::new(!recyclable),
             generation: pool::generation(),
+            kept: Mutex::new(Kept {
+                mapping: mapping.filter(|_| !frozen),
+                shown: false,
+            }),
         }
     }
 
     /// A block made by this process, `len` bytes long (frozen ones are never recycled);
-    /// `lessee` as [`Origin::Here`].
-    pub fn made_here(fd: OwnedFd, size: u64, len: u64, frozen: bool, lessee: u32) -> Block {
+    /// `lessee` as [`Origin::Here`]; with the read/write mapping of its whole length it kept in
+    /// the pool, if any.
+    pub fn made_here(
+        fd: OwnedFd,
+        (size, len): (u64, u64),
+        frozen: bool,
+        lessee: u32,
+        mapping: Option<Mapping>,
+    ) -> Block {
         let lessee = AtomicU32::new(lessee);
-        Block::new(fd, size, len, frozen, Origin::Here { lessee })
+        Block::new(fd, (size, len), frozen, Origin::Here { lessee }, mapping)
     }
 
-    /// A block another process sent over `channel` under `handle`.
+    /// A block another process sent over `channel` under `handle` (with the mapping we kept of
+    /// it, if it is one we gave back before).
     pub fn lent(fd: OwnedFd, size: u64, frozen: bool, channel: Arc<OwnedFd>, handle: u32) -> Block {
-        Block::new(fd, size, size, frozen, Origin::Lent { channel, handle })
+        let mapping = if frozen {
+            None
+        } else {
+            received::find(fd.as_fd(), size)
+        };
+        let origin = Origin::Lent { channel, handle };
+        Block::new(fd, (size, size), frozen, origin, mapping)
     }
 
     /// A block the broker sent: never recycled here.
     pub fn foreign(fd: OwnedFd, size: u64, frozen: bool) -> Block {
-        Block::new(fd, size, size, frozen, Origin::Foreign)
+        Block::new(fd, (size, size), frozen, Origin::Foreign, None)
+    }
+
+    /// Lends the kept mapping to a view of the whole block (read/write or not), making it first
+    /// if the block has none: `None` when a view shows it already, or it does not fit (a view maps
+    /// exactly the block's size, in pages, with its own protection). Call under the view
+    /// registry's lock.
+    pub fn show(&self, write: bool) -> Option<NonNull<u8>> {
+        if self.frozen || self.size == 0 || matches!(self.origin, Origin::Foreign) {
+            return None;
+        }
+        let want = pages(self.size);
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.shown {
+            return None;
+        }
+        if kept.mapping.is_none() {
+            // Made here: kept read/write over the whole memfd, for refills too. Lent to us: as
+            // the view needs it.
+            let (len, kept_write) = match self.origin {
+                Origin::Here { .. } => (self.len, true),
+                _ => (self.size, write),
+            };
+            if pages(len) != want || kept_write != write {
+                return None;
+            }
+            kept.mapping = Some(Mapping::new(self.fd(), len, write).ok()?);
+        }
+        let mapping = kept.mapping.as_ref()?;
+        if mapping.len() as u64 != want || mapping.writable() != write {
+            return None;
+        }
+        let ptr = mapping.ptr();
+        kept.shown = true;
+        Some(ptr)
+    }
+
+    /// Takes the kept mapping back from the view that showed it. Call under the view registry's
+    /// lock.
+    pub fn unshow(&self) {
+        self.kept
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shown = false;
     }
 
     /// The descriptor.
@@ -111,25 +191,42 @@ impl Drop for Block {
     fn drop(&mut self) {
         // SAFETY: `drop` runs once, and `self.fd` is not used after this line.
         let fd = unsafe { ManuallyDrop::take(&mut self.fd) };
+        let kept = self.kept.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // No view shows it (each view holds the block), so the mapping is free to go.
+        let mapping = kept.mapping.take();
         if self.exported.load(Ordering::SeqCst) || self.generation != pool::generation() {
             return;
         }
         match &self.origin {
             Origin::Here { lessee } => {
                 let lessee = lessee.load(Ordering::SeqCst);
+                // The pages we wrote or reserved: its size, in pages.
+                let warm = pool::dirty_extent(self.size, self.len);
                 // A block that came back from another process: it may have written anywhere in
                 // the memfd, so all of it counts as written.
-                let dirty = if lessee == 0 {
-                    pool::dirty_extent(self.size, self.len)
-                } else {
-                    self.len
-                };
-                pool::put(fd, self.len, dirty, lessee);
+                let dirty = if lessee == 0 { warm } else { self.len };
+                let len = self.len;
+                pool::put(Returning {
+                    fd,
+                    mapping,
+                    len,
+                    dirty,
+                    warm,
+                    lessee,
+                });
             }
             Origin::Lent { channel, handle } => {
-                drop(fd);
-                // If the sender cannot take it now, it simply never recycles the block.
-                let _ = channel::give_back(channel.as_fd(), *handle);
+                // Kept before it goes back, so that it is found when the block comes back.
+                let kept = mapping.is_some();
+                match mapping {
+                    Some(mapping) => received::keep(channel, fd, mapping),
+                    None => drop(fd),
+                }
+                // If the sender cannot take it now, it simply never recycles the block (nor any
+                // other of that channel's, so what we kept of them goes too).
+                if !channel::give_back(channel.as_fd(), *handle) && kept {
+                    received::forget_channel(channel);
+                }
             }
             Origin::Foreign => {}
         }

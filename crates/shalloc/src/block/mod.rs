@@ -4,6 +4,9 @@
 //! - [`held`]: a block's descriptor shared by the own table's handles and the views that show it.
 //! - [`pool`]: blocks that came back after their last handle and view went, pages kept warm.
 //! - [`refill`]: new contents written into a pooled block, nothing of the old one left visible.
+//! - [`mapping`]: a block's mapping, kept from one view or refill to the next.
+//! - [`received`]: mappings of blocks given back to the process that lent them, kept for their
+//!   return.
 //!
 //! A block's *size* is what its holders see; its memfd may be as long as the size's class
 //! ([`class_bytes`]), so that it can be recycled for any block of that class. Every byte past the
@@ -11,7 +14,9 @@
 
 mod fresh;
 pub(crate) mod held;
+mod mapping;
 pub(crate) mod pool;
+pub(crate) mod received;
 mod refill;
 
 use std::sync::Arc;
@@ -78,19 +83,28 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
             SealedBlock::finish(fd, contents, frozen, len)?
         }
     };
-    Ok(Block::made_here(fresh.fd, fresh.size, fresh.len, frozen, 0))
+    Ok(Block::made_here(
+        fresh.fd,
+        (fresh.size, fresh.len),
+        frozen,
+        0,
+        None,
+    ))
 }
 
 /// Refills `pooled` with `contents`: `Ok(Err(contents))` when memory ran short before they were
 /// consumed (the pool is then emptied, and a fresh block is the way on).
-fn from_pool(pooled: pool::Pooled, contents: Contents<'_>) -> Result<Result<Block, Contents<'_>>> {
+fn from_pool(
+    mut pooled: pool::Pooled,
+    contents: Contents<'_>,
+) -> Result<Result<Block, Contents<'_>>> {
     let size = contents.len();
     // The step that can run out of memory: for plain bytes the whole refill (pwrite allocates
     // the pages the old block did not have as it goes, and the bytes can be written again);
     // for the rest, reserving their pages, before they are consumed.
     let (ready, contents) = match contents {
         Contents::Bytes(data) => (
-            refill::refill(&pooled, Contents::Bytes(data)),
+            refill::refill(&mut pooled, Contents::Bytes(data)),
             Contents::Bytes(data),
         ),
         contents => (refill::prepare(&pooled, &contents), contents),
@@ -104,14 +118,14 @@ fn from_pool(pooled: pool::Pooled, contents: Contents<'_>) -> Result<Result<Bloc
         ready => ready?,
     }
     if !matches!(contents, Contents::Bytes(_)) {
-        refill::refill(&pooled, contents)?;
+        refill::refill(&mut pooled, contents)?;
     }
     Ok(Ok(Block::made_here(
         pooled.fd,
-        size,
-        pooled.len,
+        (size, pooled.len),
         false,
         pooled.lessee,
+        pooled.mapping,
     )))
 }
 

@@ -16,6 +16,9 @@
 //! at run time. [`trim`] gives everything back at once.
 
 use std::os::fd::OwnedFd;
+
+use super::mapping::Mapping;
+use super::received;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
@@ -40,6 +43,10 @@ pub(crate) struct Pooled {
     pub len: u64,
     /// The bytes from 0 that may be non-zero; every byte past them is zero.
     pub dirty: u64,
+    /// The bytes from 0 whose pages we wrote or reserved (writing there allocates nothing).
+    pub warm: u64,
+    /// The read/write mapping it keeps (see [`Mapping`]), if it has one yet.
+    pub mapping: Option<Mapping>,
     /// The one other process that held the block (0: none): it is reused only for blocks put
     /// into that process's table, which it may see anyway.
     pub lessee: u32,
@@ -104,10 +111,22 @@ pub fn set_limit(bytes: Option<u64>) {
     while (pool.bytes > cap || cap == 0) && !pool.blocks.is_empty() {
         pool.remove(0);
     }
+    drop(pool);
+    received::lock_received().shrink_to(cap);
 }
 
 pub(crate) fn lock_pool() -> MutexGuard<'static, Pool> {
     POOL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The cap on bytes kept (0: recycling is off).
+pub(crate) fn byte_cap() -> u64 {
+    settings().bytes
+}
+
+/// How long a kept block may wait unused.
+pub(crate) fn idle_time() -> Duration {
+    settings().idle
 }
 
 /// Whether recycling is on: new blocks that may come back are then made a class long.
@@ -153,10 +172,31 @@ impl Pool {
     }
 }
 
-/// Keeps a block `len` bytes long, of which the first `dirty` may be non-zero, and which only
-/// `lessee` (0: nobody) held besides us, for a later allocation; closes it instead when the pool
-/// is off or it does not fit.
-pub(crate) fn put(fd: OwnedFd, len: u64, dirty: u64, lessee: u32) {
+/// A block on its way back to the pool.
+pub(crate) struct Returning {
+    pub fd: OwnedFd,
+    pub mapping: Option<Mapping>,
+    /// The memfd's length.
+    pub len: u64,
+    /// The bytes from 0 that may be non-zero.
+    pub dirty: u64,
+    /// The bytes from 0 whose pages we wrote or reserved.
+    pub warm: u64,
+    /// The one other process that held it (0: nobody).
+    pub lessee: u32,
+}
+
+/// Keeps a returning block for a later allocation; closes it instead when the pool is off or it
+/// does not fit.
+pub(crate) fn put(block: Returning) {
+    let Returning {
+        fd,
+        mapping,
+        len,
+        dirty,
+        warm,
+        lessee,
+    } = block;
     let settings = settings();
     if len == 0 || dirty > settings.bytes {
         return;
@@ -174,6 +214,8 @@ pub(crate) fn put(fd: OwnedFd, len: u64, dirty: u64, lessee: u32) {
         fd,
         len,
         dirty,
+        warm,
+        mapping,
         lessee,
         since: now,
     });
@@ -197,21 +239,31 @@ pub(crate) fn take(len: u64, target: u32) -> Option<Pooled> {
 /// Called after every `fork` (see the client's atfork handlers): blocks made before it may now
 /// be held by the child too, so none of them is recycled; the child also drops the pool it
 /// inherited.
-pub(crate) fn after_fork(pool: &mut Pool, in_child: bool) {
+pub(crate) fn after_fork(pool: &mut Pool, received: &mut received::Received, in_child: bool) {
     GENERATION.fetch_add(1, Ordering::SeqCst);
     if in_child {
         pool.clear();
+        received.clear();
     }
 }
 
-/// Gives every pooled block back to the system now: their descriptors are closed and their pages
-/// freed. Returns how many there were. Recycling goes on with the next block that comes back.
+/// Gives every kept block back to the system now: their descriptors are closed, their mappings
+/// unmapped and their pages freed. Returns how many there were. Recycling goes on with the next
+/// block that comes back.
 pub fn trim() -> usize {
-    lock_pool().clear()
+    let pooled = lock_pool().clear();
+    pooled + received::lock_received().clear()
 }
 
-/// How many blocks the pool holds, and their written bytes (for tests and diagnostics).
+/// How many blocks this process keeps for reuse, and their bytes (for tests and diagnostics):
+/// blocks it made, waiting in the pool (their written bytes), and blocks it gave back to the
+/// process that lent them, kept mapped for their return (their mapped bytes). Each holds one
+/// descriptor.
 pub fn pooled() -> (usize, u64) {
-    let pool = lock_pool();
-    (pool.blocks.len(), pool.bytes)
+    let (count, bytes) = {
+        let pool = lock_pool();
+        (pool.blocks.len(), pool.bytes)
+    };
+    let (kept, kept_bytes) = received::counts();
+    (count + kept, bytes + kept_bytes)
 }

@@ -130,7 +130,7 @@ impl OwnTable {
                     continue;
                 }
                 Unasked::Unleased(k) => {
-                    self.channels.remove(&k);
+                    self.close_channel(k);
                     continue;
                 }
             };
@@ -153,6 +153,13 @@ impl OwnTable {
                 // Lets the broker close its copy; if this is lost, it only keeps it longer.
                 let _ = conn.notify(&Request::Adopted { handle });
             }
+        }
+    }
+
+    /// Forgets channel `k`, and what we kept of the blocks that came over it.
+    fn close_channel(&mut self, k: u32) {
+        if let Some(channel) = self.channels.remove(&k) {
+            block::received::forget_channel(&channel);
         }
     }
 
@@ -281,7 +288,7 @@ impl OwnTable {
         }
         self.segment.set_receiving(false);
         if finished {
-            self.channels.remove(&k);
+            self.close_channel(k);
         }
         for (handle, fd, size, frozen, slot) in taken {
             let lent = Block::lent(fd, size, frozen, Arc::clone(&channel), handle);

@@ -1,0 +1,149 @@
+//! Mappings of blocks this process gave back to their makers, kept for when the same block comes
+//! back to us.
+//!
+//! A block another process lent us over its channel goes back to it once closed and unmapped
+//! here, and it reuses the block only for blocks it puts into our table (see the pool). So the
+//! next time it arrives, it is very likely one we had: keeping our mapping of it (and the
+//! descriptor, to recognise it) saves mapping it again and faulting its pages in. Nothing shows
+//! through that we could not see anyway: the block is reused only for our own table.
+//!
+//! A descriptor that arrives is matched by inode first, then by `kcmp(KCMP_FILE)`: the same open
+//! file, not merely the same inode number. Bounded as the pool is: at most [`MAX_KEPT`] blocks
+//! and the pool's byte cap, and a mapping unused for the pool's idle time is dropped on the next
+//! call that touches these; those of a channel that closed go at once; [`crate::pool::trim`]
+//! drops them all.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::mapping::{Mapping, pages};
+use super::pool;
+
+/// The most mappings kept (each holds a descriptor).
+const MAX_KEPT: usize = 32;
+
+#[derive(Debug)]
+struct Kept {
+    /// The channel the block came over (and went back over).
+    channel: Arc<OwnedFd>,
+    fd: OwnedFd,
+    /// The memfd's (device, inode).
+    id: (u64, u64),
+    mapping: Mapping,
+    since: Instant,
+}
+
+/// What is kept, oldest first.
+#[derive(Debug, Default)]
+pub(crate) struct Received(Vec<Kept>);
+
+static RECEIVED: Mutex<Received> = Mutex::new(Received(Vec::new()));
+
+pub(crate) fn lock_received() -> MutexGuard<'static, Received> {
+    RECEIVED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn id_of(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
+    rustix::fs::fstat(fd).ok().map(|s| (s.st_dev, s.st_ino))
+}
+
+/// Whether `a` and `b` are the same open file (`kcmp`; `false` when the kernel cannot say).
+fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
+    const KCMP_FILE: libc::c_int = 0;
+    // SAFETY: kcmp only compares kernel objects of the given process (ours) and writes nothing.
+    let answer = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            libc::getpid(),
+            libc::getpid(),
+            KCMP_FILE,
+            a.as_raw_fd() as libc::c_ulong,
+            b.as_raw_fd() as libc::c_ulong,
+        )
+    };
+    answer == 0
+}
+
+impl Received {
+    fn drop_idle(&mut self, now: Instant) {
+        let idle = pool::idle_time();
+        let stale = self
+            .0
+            .iter()
+            .take_while(|k| now.duration_since(k.since) >= idle)
+            .count();
+        self.0.drain(..stale);
+    }
+
+    fn bytes(&self) -> u64 {
+        self.0.iter().map(|k| k.mapping.len() as u64).sum()
+    }
+
+    /// Forgets everything (unmapping, closing): after a fork, in the child, and for a trim.
+    pub fn clear(&mut self) -> usize {
+        self.0.drain(..).count()
+    }
+
+    /// Drops the oldest until at most `cap` bytes are kept (none when `cap` is 0).
+    pub fn shrink_to(&mut self, cap: u64) {
+        while !self.0.is_empty() && (cap == 0 || self.bytes() > cap) {
+            self.0.remove(0);
+        }
+    }
+}
+
+/// Keeps `mapping` of the block `fd`, which we are giving back to its maker over `channel`.
+pub(crate) fn keep(channel: &Arc<OwnedFd>, fd: OwnedFd, mapping: Mapping) {
+    let cap = pool::byte_cap();
+    let Some(id) = id_of(fd.as_fd()) else {
+        return;
+    };
+    let bytes = mapping.len() as u64;
+    if bytes > cap {
+        return;
+    }
+    let now = Instant::now();
+    let mut kept = lock_received();
+    kept.drop_idle(now);
+    while !kept.0.is_empty() && (kept.0.len() >= MAX_KEPT || kept.bytes() + bytes > cap) {
+        kept.0.remove(0);
+    }
+    kept.0.push(Kept {
+        channel: Arc::clone(channel),
+        fd,
+        id,
+        mapping,
+        since: now,
+    });
+}
+
+/// The mapping we kept of `fd`'s block, if we kept one of `size` bytes (in pages); one of another
+/// length is dropped.
+pub(crate) fn find(fd: BorrowedFd<'_>, size: u64) -> Option<Mapping> {
+    let mut kept = lock_received();
+    if kept.0.is_empty() {
+        return None;
+    }
+    kept.drop_idle(Instant::now());
+    let id = id_of(fd)?;
+    let at = kept
+        .0
+        .iter()
+        .rposition(|k| k.id == id && same_file(k.fd.as_fd(), fd))?;
+    let found = kept.0.remove(at);
+    (found.mapping.len() as u64 == pages(size)).then_some(found.mapping)
+}
+
+/// Drops what was kept of blocks that came over `channel`: its sender is gone, or no longer takes
+/// blocks back, so none of them will come again.
+pub(crate) fn forget_channel(channel: &Arc<OwnedFd>) {
+    let mut kept = lock_received();
+    kept.0.retain(|k| !Arc::ptr_eq(&k.channel, channel));
+}
+
+/// How many mappings are kept, and their bytes.
+pub(crate) fn counts() -> (usize, u64) {
+    let kept = lock_received();
+    (kept.0.len(), kept.bytes())
+}
