@@ -306,11 +306,14 @@ pub fn held_broker_locks(dir: &Path) -> Vec<(PathBuf, String)> {
 /// order and closes a reply's descriptor (a lock's block, a listing's memfd) right after sending
 /// it, so once this returns it holds no descriptor for an earlier reply of ours — without the
 /// fence, a count of its descriptors taken just after a listing may still see the listing's memfd.
+///
+/// It must reach the broker: a free in our own table is answered by the client alone, with no
+/// round trip, so the owner named is the broker's own process (alive, ours, with no table).
 pub fn broker_fence() {
     // 1 is never a handle value (they are multiples of 4 from 0x100): this always fails.
     let r = shalloc::free(
         shalloc::Handle::from_raw(1).unwrap(),
-        shalloc::Pid::current(),
+        shalloc::broker_pid().unwrap(),
     );
     assert!(
         matches!(r, Err(shalloc::Error::InvalidHandle { .. })),
