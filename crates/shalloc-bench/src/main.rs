@@ -54,7 +54,7 @@ struct Args {
     /// Only these systems (comma-separated; floor is always measured).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     systems: Vec<String>,
-    /// Only these scenarios (comma-separated: cycle, handoff).
+    /// Only these scenarios (comma-separated: cycle, handoff, cycle-mixed, handoff-mixed).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     scenarios: Vec<String>,
     /// Only these sizes in bytes (comma-separated).
@@ -345,7 +345,7 @@ fn run(args: &Args) -> Result<()> {
     let sums: BTreeMap<usize, u64> = sizes.iter().map(|&s| (s, checksum(&data[..s]))).collect();
 
     let mut peers: BTreeMap<System, Peer> = BTreeMap::new();
-    if scenarios.contains(&Scenario::Handoff) {
+    if scenarios.contains(&Scenario::Handoff) || scenarios.contains(&Scenario::HandoffMixed) {
         for &system in &systems {
             peers.insert(system, Peer::spawn(system, &exe, placement.map(|p| p.b))?);
         }
@@ -358,6 +358,17 @@ fn run(args: &Args) -> Result<()> {
         for &size in &sizes {
             let block = &data[..size];
             let expected = sums.get(&size).copied().unwrap_or(0);
+            // The mixed scenarios' sizes with their checksums, and where each system is in them.
+            let mix: Vec<(usize, u64)> = systems::mixed_sizes(size)
+                .into_iter()
+                .map(|s| (s, checksum(&data[..s])))
+                .collect();
+            let mut turn: BTreeMap<System, usize> = BTreeMap::new();
+            let mut next_mixed = |system: System| {
+                let at = turn.entry(system).or_insert(0);
+                *at += 1;
+                mix[*at % mix.len()]
+            };
             let samples = measure_interleaved(&systems, &budget, |system| match scenario {
                 Scenario::Cycle => {
                     sink = sink.wrapping_add(cycle_state.cycle(system, block)?);
@@ -367,6 +378,18 @@ fn run(args: &Args) -> Result<()> {
                     .get_mut(&system)
                     .ok_or("no peer")?
                     .handoff(block, expected),
+                Scenario::CycleMixed => {
+                    let (len, _) = next_mixed(system);
+                    sink = sink.wrapping_add(cycle_state.cycle(system, &data[..len])?);
+                    Ok(())
+                }
+                Scenario::HandoffMixed => {
+                    let (len, sum) = next_mixed(system);
+                    peers
+                        .get_mut(&system)
+                        .ok_or("no peer")?
+                        .handoff(&data[..len], sum)
+                }
                 Scenario::Fill => Err("fill runs on its own, below".into()),
             })?;
             let mut line = format!(

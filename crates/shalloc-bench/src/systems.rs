@@ -16,7 +16,8 @@ pub enum System {
     Floor,
     /// shalloc: a sealed memfd registered with the broker (recycled when it can be).
     Shalloc,
-    /// shalloc with recycling off (`pool::set_limit(Some(0))`): a fresh memfd for every block.
+    /// shalloc with recycling off (`pool::without_recycling` in A, `pool::set_limit(Some(0))` in
+    /// its peer): a fresh memfd for every block.
     ShallocFresh,
     /// The bytes themselves over a Unix stream socket.
     Pipe,
@@ -58,16 +59,14 @@ impl System {
         System::ALL.into_iter().find(|s| s.name() == name)
     }
 
-    /// Runs `f` with this system's recycling setting: off for [`System::ShallocFresh`], the
-    /// default for every other.
+    /// Runs `f` with this system's recycling setting: off for [`System::ShallocFresh`] (without
+    /// emptying the pool that `shalloc`'s next turn finds), the default for every other.
     pub fn with_recycling<T>(self, f: impl FnOnce() -> T) -> T {
-        if self != System::ShallocFresh {
-            return f();
+        if self == System::ShallocFresh {
+            shalloc::pool::without_recycling(f)
+        } else {
+            f()
         }
-        shalloc::pool::set_limit(Some(0));
-        let out = f();
-        shalloc::pool::set_limit(None);
-        out
     }
 }
 
@@ -78,6 +77,10 @@ pub enum Scenario {
     Cycle,
     /// A hands a block to B, B reads every byte, frees and acknowledges.
     Handoff,
+    /// As `cycle`, each iteration with the next of [`mixed_sizes`] (up to the row's size).
+    CycleMixed,
+    /// As `handoff`, each iteration with the next of [`mixed_sizes`] (up to the row's size).
+    HandoffMixed,
     /// Produce a block's contents: into a buffer and then `alloc` it, or in place with
     /// `alloc_with`. Runs with `cycle`, at 1 MiB and 16 MiB; not a filter choice of its own.
     Fill,
@@ -85,13 +88,20 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 2] = [Scenario::Cycle, Scenario::Handoff];
+    pub const ALL: [Scenario; 4] = [
+        Scenario::Cycle,
+        Scenario::Handoff,
+        Scenario::CycleMixed,
+        Scenario::HandoffMixed,
+    ];
 
     /// The name in tables, JSON and on the command line.
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Cycle => "cycle",
             Scenario::Handoff => "handoff",
+            Scenario::CycleMixed => "cycle-mixed",
+            Scenario::HandoffMixed => "handoff-mixed",
             Scenario::Fill => "fill",
         }
     }
@@ -111,6 +121,15 @@ impl Scenario {
                 "A allocates into B's table and sends the handle; B locks, checksums every byte, \
                  unlocks, frees and acks; latency per hand-off"
             }
+            Scenario::CycleMixed => {
+                "as cycle, but each iteration takes the next of 8 sizes between an eighth of the \
+                 row's size and the row's size, in a fixed shuffled order (none a whole number of \
+                 pages, each of another size class); median per iteration"
+            }
+            Scenario::HandoffMixed => {
+                "as handoff, but each hand-off takes the next of the same 8 mixed sizes as \
+                 cycle-mixed; median per hand-off"
+            }
             Scenario::Fill => {
                 "produce the block's bytes (a pattern, standing in for serialization) and put them \
                  in a sealed block in our own table: floor = into a buffer, then memfd + pwrite + \
@@ -118,6 +137,17 @@ impl Scenario {
             }
         }
     }
+}
+
+/// The sizes the mixed scenarios take in turn for a row of `size` bytes: eight, from about an
+/// eighth of it to it, shuffled, and off page boundaries (so each is of another size class, and a
+/// block of one is never reused for the next). At least one byte each.
+pub fn mixed_sizes(size: usize) -> Vec<usize> {
+    const EIGHTHS: [usize; 8] = [8, 3, 6, 1, 7, 4, 2, 5];
+    EIGHTHS
+        .iter()
+        .map(|&k| (size / 8 * k).saturating_sub(k * 100).max(1))
+        .collect()
 }
 
 /// What the `cycle` scenario keeps between iterations: the pipe system's connected socket pair and

@@ -107,5 +107,7 @@ pub use views::live_views;
 /// last handle and view went so that the next allocation of their class skips a fresh memfd and
 /// fresh pages (see the README's trust model for why recycling shows nobody anything new).
 pub mod pool {
-    pub use crate::block::pool::{POOL_BYTES_ENV, POOL_IDLE_ENV, pooled, set_limit, trim};
+    pub use crate::block::pool::{
+        POOL_BYTES_ENV, POOL_IDLE_ENV, pooled, set_limit, trim, without_recycling,
+    };
 }

@@ -22,8 +22,8 @@
 //! 7. `SHALLOC_POOL_BYTES=0` turns recycling off: nothing pooled, memfds exactly their size.
 //! 8. `SHALLOC_POOL_IDLE_MS`: an idle block is given back on the next call that touches the pool
 //!    (no thread of ours in the process), and not before its time.
-//! 9. `SHALLOC_POOL_BYTES` caps the written bytes kept: the oldest blocks go first, and a block
-//!    larger than the cap is never kept.
+//! 9. `SHALLOC_POOL_BYTES` caps the written bytes kept: a block that comes back to a full pool
+//!    goes (what the pool holds stays), and a block larger than the cap is never kept.
 //!
 //! A block's memfd shows in `/proc/self/fd` as `/memfd:shalloc (deleted)` (the own table's
 //! segment is `memfd:shalloc-table`, and is not counted). Its inode is found from a view's mapping
@@ -695,8 +695,8 @@ fn the_pool_is_bounded_and_trim_gives_everything_back() {
     );
     assert_eq!(
         block_inodes(),
-        inodes[8..].iter().copied().collect(),
-        "the pool keeps the 32 blocks that came back last, and closes the others"
+        inodes[..32].iter().copied().collect(),
+        "the pool keeps the first 32 blocks that came back, and closes the others"
     );
     assert_eq!(trim(), 32);
     assert_eq!(pooled(), (0, 0));
@@ -809,7 +809,7 @@ fn an_idle_pool_gives_its_blocks_back_on_the_next_call() {
 }
 
 #[test]
-fn a_byte_cap_by_environment_evicts_the_oldest_blocks_first() {
+fn a_full_pool_lets_the_newcomer_go_and_keeps_what_it_holds() {
     let _env = test_env();
     // Room for three pages of written bytes.
     let mut child = child_with_env(POOL_BYTES_ENV, "12288", |me| {
@@ -819,15 +819,22 @@ fn a_byte_cap_by_environment_evicts_the_oldest_blocks_first() {
             free(h, me).unwrap();
         }
         assert_eq!(pooled(), (3, 12_288));
-        // A block with two written pages comes back: the two oldest make room for it.
+        let kept: HashSet<u64> = small.iter().copied().collect();
+        // A block with two written pages comes back to the full pool: it goes, the three stay
+        // (a pool that put out its oldest would miss every time on a cycle of more than fit).
         let two_pages = cycle(&[7; 5_000], me);
-        assert_eq!(pooled(), (2, 12_288));
-        assert_eq!(block_inodes(), HashSet::from([small[2], two_pages]));
+        assert_eq!(pooled(), (3, 12_288));
+        assert!(!block_inodes().contains(&two_pages));
+        assert_eq!(block_inodes(), kept);
+        // Taking one out makes room: the next block of its class reuses it and comes back.
+        let again = cycle(&[9; 100], me);
+        assert!(kept.contains(&again), "a pooled one-page block is reused");
+        assert_eq!(pooled(), (3, 12_288));
         // A block with more written bytes than the cap is never kept, and evicts nothing.
         let big = cycle(&[8; 20_000], me);
-        assert_eq!(pooled(), (2, 12_288));
+        assert_eq!(pooled(), (3, 12_288));
         assert!(!block_inodes().contains(&big));
-        assert_eq!(block_inodes(), HashSet::from([small[2], two_pages]));
+        assert_eq!(block_inodes(), kept);
     });
     child.expect_success();
 }

@@ -66,11 +66,8 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
             }
         }
     }
-    let len = if !frozen && pool::enabled() {
-        class
-    } else {
-        size
-    };
+    let recycling = pool::enabled();
+    let len = if !frozen && recycling { class } else { size };
     // Warm blocks must never make an allocation fail that would succeed without them: short of
     // memory, the pool gives its pages back and the allocation is tried once more (plain bytes
     // can be written again; other contents are consumed only after their pages are reserved).
@@ -83,13 +80,12 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
             SealedBlock::finish(fd, contents, frozen, len)?
         }
     };
-    Ok(Block::made_here(
-        fresh.fd,
-        (fresh.size, fresh.len),
-        frozen,
-        0,
-        None,
-    ))
+    let block = Block::made_here(fresh.fd, (fresh.size, fresh.len), frozen, 0, None);
+    if !recycling {
+        // Made with recycling off (perhaps for this thread only): never kept.
+        block.mark_exported();
+    }
+    Ok(block)
 }
 
 /// Refills `pooled` with `contents`: `Ok(Err(contents))` when memory ran short before they were

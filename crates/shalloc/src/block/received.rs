@@ -9,7 +9,8 @@
 //!
 //! A descriptor that arrives is matched by inode first, then by `kcmp(KCMP_FILE)`: the same open
 //! file, not merely the same inode number. Bounded as the pool is: at most [`MAX_KEPT`] blocks
-//! and the pool's byte cap, and a mapping unused for the pool's idle time is dropped on the next
+//! and the pool's byte cap (a newcomer to a full cache is let go, not an older mapping), and a
+//! mapping unused for the pool's idle time is dropped on the next
 //! call that touches these; those of a channel that closed go at once; [`crate::pool::trim`]
 //! drops them all.
 
@@ -106,8 +107,9 @@ pub(crate) fn keep(channel: &Arc<OwnedFd>, fd: OwnedFd, mapping: Mapping) {
     let now = Instant::now();
     let mut kept = lock_received();
     kept.drop_idle(now);
-    while !kept.0.is_empty() && (kept.0.len() >= MAX_KEPT || kept.bytes() + bytes > cap) {
-        kept.0.remove(0);
+    if kept.0.len() >= MAX_KEPT || kept.bytes() + bytes > cap {
+        // Full: this one goes, not an older one, as in the pool.
+        return;
     }
     kept.0.push(Kept {
         channel: Arc::clone(channel),
