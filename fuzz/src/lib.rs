@@ -3,7 +3,7 @@
 
 use shalloc_protocol::listing::{BrokerStats, HandleEntry, Listing, RequestStats, TableEntry};
 use shalloc_protocol::wire::{
-    Delivery, MAX_FRAME, MAX_REASON, Reply, Request, UNASKED_ID, VERSION,
+    Delivery, MAX_FRAME, MAX_REASON, Reply, Request, Returned, UNASKED_ID, VERSION,
 };
 
 /// The length of a frame header (kind, flags, request id).
@@ -11,8 +11,8 @@ const HEADER: usize = 8;
 /// Where a `Failed` reply's reason text starts: the header, then code and length.
 const REASON_AT: usize = HEADER + 8;
 
-/// Feeds `data` to [`Request::decode`], [`Reply::decode`], [`Delivery::decode`] and
-/// [`Listing::decode`].
+/// Feeds `data` to [`Request::decode`], [`Reply::decode`], [`Delivery::decode`],
+/// [`Returned::decode`] and [`Listing::decode`].
 ///
 /// None may panic, and:
 /// - a request that decodes re-encodes to exactly `data` (the format has one encoding per value:
@@ -22,7 +22,7 @@ const REASON_AT: usize = HEADER + 8;
 ///   stay within [`MAX_FRAME`], decode again, and be a fixed point of encode∘decode;
 /// - no frame is both a request and a reply (their kinds are disjoint);
 /// - a delivery (the frame between two clients) that decodes re-encodes to exactly `data`, and is
-///   neither a request nor a reply;
+///   neither a request nor a reply; so does a return (the frame back), which is none of the three;
 /// - a listing that decodes survives `decode(encode(listing))`.
 pub fn check_decode(data: &[u8]) {
     let request = Request::decode(data);
@@ -68,9 +68,18 @@ pub fn check_decode(data: &[u8]) {
         "a frame decoded both as a request and as a reply"
     );
 
-    if let Ok(delivery) = Delivery::decode(data) {
+    let delivery = Delivery::decode(data);
+    if let Ok(delivery) = delivery {
         assert_eq!(delivery.encode().as_bytes(), data, "{delivery:?}");
         assert!(request.is_err() && reply.is_err(), "{delivery:?}");
+    }
+
+    if let Ok(returned) = Returned::decode(data) {
+        assert_eq!(returned.encode().as_bytes(), data, "{returned:?}");
+        assert!(
+            request.is_err() && reply.is_err() && delivery.is_err(),
+            "{returned:?}"
+        );
     }
 
     let text = String::from_utf8_lossy(data);
@@ -291,9 +300,15 @@ pub fn decode_seeds() -> Vec<(String, Vec<u8>)> {
     seeds.push(("reply-failed-not-utf8".into(), lossy));
     let delivery = Delivery {
         handle: 0x204,
+        tag: 9,
         size: 4096,
     };
     seeds.push(("delivery".into(), delivery.encode().as_bytes().to_vec()));
+    let returned = Returned {
+        handle: 0x204,
+        tag: 9,
+    };
+    seeds.push(("returned".into(), returned.encode().as_bytes().to_vec()));
     seeds.push(("listing".into(), sample_listing().encode().into_bytes()));
     seeds
 }

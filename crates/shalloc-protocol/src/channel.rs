@@ -17,7 +17,9 @@
 //!   ([`crate::block::check`]) and swaps only a slot reserved for *this* channel: a sender can
 //!   fill only the values it was leased, and a frame it makes up is dropped.
 //! - **Blocks one way, returns the other.** Only A sends blocks. B sends back only [`Returned`]
-//!   frames, without descriptors: a block A delivered is closed in B's table, unmapped in B, and
+//!   frames, without descriptors, naming a block by its handle and the tag A gave its delivery (a
+//!   handle value may be leased to A again while B still maps its earlier block): a block A
+//!   delivered is closed in B's table, unmapped in B, and
 //!   never left B, so A may recycle it for B (see the client's block pool). A believes a return
 //!   only for a block it lent to B, and reuses it only for B, so a lie from B shows B nothing of
 //!   anyone else's; B's frames queue on A's end, which only A reads, at most a socket buffer's
@@ -44,22 +46,21 @@ pub fn pair() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
     )
 }
 
-/// Tells the sender, from the receiving end, that the block of `handle` came back: `false` when
-/// it could not be sent now (the sender does not read, or is gone).
-pub fn give_back(channel: BorrowedFd<'_>, handle: u32) -> bool {
-    transport::send(channel, &Returned { handle }.encode(), None, true).is_ok()
+/// Tells the sender, from the receiving end, that the block delivered under `handle` with `tag`
+/// came back: `false` when it could not be sent now (the sender does not read, or is gone).
+pub fn give_back(channel: BorrowedFd<'_>, handle: u32, tag: u32) -> bool {
+    transport::send(channel, &Returned { handle, tag }.encode(), None, true).is_ok()
 }
 
-/// Reads one return off the sending end without waiting: `Some(Some(handle))`, `Some(None)` for a
-/// frame that is not a return (dropped, descriptors closed), `None` when nothing is waiting.
-pub fn take_return(channel: BorrowedFd<'_>) -> Option<Option<u32>> {
+/// Reads one return off the sending end without waiting: `Some(Some(returned))`, `Some(None)`
+/// for a frame that is not a return (dropped, descriptors closed), `None` when nothing is waiting.
+pub fn take_return(channel: BorrowedFd<'_>) -> Option<Option<Returned>> {
     let mut buf: RecvBuf = [0; MAX_FRAME + 1];
     match transport::recv(channel, &mut buf, true) {
         Ok(received) => Some(
             Returned::decode(&buf[..received.len])
                 .ok()
-                .filter(|_| received.fds.is_empty())
-                .map(|r| r.handle),
+                .filter(|_| received.fds.is_empty()),
         ),
         Err(_) => None,
     }

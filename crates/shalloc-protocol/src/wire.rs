@@ -20,7 +20,7 @@
 
 /// The protocol version spoken by this crate. The first frame on every connection is a
 /// [`Request::Hello`] carrying it; a broker that speaks another version refuses the connection.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// The largest frame either side ever sends. A receiver reads into a buffer one byte larger and
 /// treats anything that fills it as oversized.
@@ -342,6 +342,10 @@ pub fn lease_values(start: u32, mask: u64) -> impl Iterator<Item = u32> {
 pub struct Delivery {
     /// The handle, in the receiver's table.
     pub handle: u32,
+    /// The sender's tag for this delivery, echoed in the block's [`Returned`]: a handle value
+    /// can be leased again while the receiver still holds a view of its earlier block, so the
+    /// value alone cannot say which block came back. Anything for the broker.
+    pub tag: u32,
     /// The block's size in bytes; the receiver checks it against the memfd.
     pub size: u64,
 }
@@ -351,7 +355,7 @@ impl Delivery {
     pub fn encode(&self) -> Frame {
         Frame::new(kind::DELIVERY, UNASKED_ID)
             .u32(self.handle)
-            .u32(0)
+            .u32(self.tag)
             .u64(self.size)
     }
 
@@ -361,8 +365,18 @@ impl Delivery {
         if k != kind::DELIVERY {
             return Err(DecodeError::UnknownKind(k));
         }
-        let (handle, size) = unasked_block(k, id, body)?;
-        Ok(Delivery { handle, size })
+        if id != UNASKED_ID {
+            return Err(DecodeError::BadField {
+                kind: k,
+                what: "request id must be 0",
+            });
+        }
+        let mut f = body_of(k, body, 16)?;
+        Ok(Delivery {
+            handle: f.u32(),
+            tag: f.u32(),
+            size: f.u64(),
+        })
     }
 }
 
@@ -373,6 +387,8 @@ impl Delivery {
 pub struct Returned {
     /// The handle the block was delivered under.
     pub handle: u32,
+    /// The [`Delivery::tag`] it came with.
+    pub tag: u32,
 }
 
 impl Returned {
@@ -380,7 +396,7 @@ impl Returned {
     pub fn encode(&self) -> Frame {
         Frame::new(kind::RETURNED, UNASKED_ID)
             .u32(self.handle)
-            .u32(0)
+            .u32(self.tag)
     }
 
     /// Decodes one frame.
@@ -389,15 +405,17 @@ impl Returned {
         if k != kind::RETURNED {
             return Err(DecodeError::UnknownKind(k));
         }
-        let mut f = body_of(k, body, 8)?;
-        let handle = f.u32();
-        if f.u32() != 0 || id != UNASKED_ID {
+        if id != UNASKED_ID {
             return Err(DecodeError::BadField {
                 kind: k,
-                what: "padding and request id must be 0",
+                what: "request id must be 0",
             });
         }
-        Ok(Returned { handle })
+        let mut f = body_of(k, body, 8)?;
+        Ok(Returned {
+            handle: f.u32(),
+            tag: f.u32(),
+        })
     }
 }
 
@@ -920,6 +938,7 @@ mod tests {
     fn deliveries_round_trip_and_nothing_else_is_one() {
         let delivery = Delivery {
             handle: 0x104,
+            tag: 7,
             size: 1 << 33,
         };
         let frame = delivery.encode();
@@ -935,7 +954,10 @@ mod tests {
 
     #[test]
     fn returns_round_trip_and_are_no_delivery() {
-        let returned = Returned { handle: 0x108 };
+        let returned = Returned {
+            handle: 0x108,
+            tag: u32::MAX,
+        };
         let frame = returned.encode();
         assert_eq!(Returned::decode(frame.as_bytes()), Ok(returned));
         for cut in 0..frame.as_bytes().len() {

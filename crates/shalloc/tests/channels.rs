@@ -309,6 +309,7 @@ fn send_hostile_frames(
     let delivery = |handle: u32, size: usize| {
         Delivery {
             handle,
+            tag: 0,
             size: size as u64,
         }
         .encode()

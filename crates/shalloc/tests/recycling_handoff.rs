@@ -19,6 +19,8 @@
 //!    that came with one. A false return of a block B still maps does let A reuse that block for
 //!    B — the design: a lie shows the liar only what is put into its own table — and that reuse is
 //!    also this test's proof that the forged frames reached A.
+//!    A return under the right handle but another tag frees nothing (handle values come round
+//!    again; the tag says which delivery came back).
 //! 5. `pool::set_limit(Some(0))` turns recycling off: every block into B is a new memfd exactly its
 //!    size; with the limit lifted, reuse starts again (the positive control).
 //!
@@ -111,6 +113,7 @@ const CHECK_UNLOCK: u64 = 5; // handle, seed, size → 0
 const FORGE: u64 = 6; // held handle → frames sent, of which with descriptors
 const OUTQ: u64 = 7; // → bytes B sent on its channel end that A has not read yet
 const EXIT: u64 = 8;
+const FORGE_TAGS: u64 = 9; // held handle, first tag, count → returns sent
 
 const READY: u64 = 0xbeef;
 
@@ -261,6 +264,17 @@ fn worker(mut end: End) -> i32 {
                 let (sent, with_fds) = forge(u32::try_from(held).unwrap());
                 send(&mut end, &[sent, with_fds]);
             }
+            FORGE_TAGS => {
+                let a = recv(&mut end, 3);
+                let held = u32::try_from(a[0]).unwrap();
+                let mut sent = 0;
+                for tag in a[1]..a[1] + a[2] {
+                    let tag = u32::try_from(tag).unwrap();
+                    let frame = Returned { handle: held, tag }.encode();
+                    sent += u64::from(send_frame(channel_end(), frame.as_bytes(), &[]));
+                }
+                send(&mut end, &[sent]);
+            }
             OUTQ => {
                 let outq = outq(channel_end());
                 send(&mut end, &[outq]);
@@ -342,6 +356,15 @@ impl Worker {
         send(&mut self.end, &[FORGE, u64::from(held.as_raw())]);
         let r = recv(&mut self.end, 2);
         (r[0], r[1])
+    }
+
+    /// Has the worker send returns of `held` under tags `first..first + count`: how many went.
+    fn forge_tags(&mut self, held: Handle, first: u64, count: u64) -> u64 {
+        send(
+            &mut self.end,
+            &[FORGE_TAGS, u64::from(held.as_raw()), first, count],
+        );
+        recv(&mut self.end, 1)[0]
     }
 
     fn outq(&mut self) -> u64 {
@@ -444,7 +467,10 @@ fn forge(held: u32) -> (u64, u64) {
     let sock = channel_end();
     let memfd = rustix::fs::memfd_create("forged", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
-    let returned = |h: u32| Returned { handle: h }.encode().as_bytes().to_vec();
+    let returned_as = |handle: u32, tag: u32| Returned { handle, tag }.encode().as_bytes().to_vec();
+    // The sender tags its deliveries 0, 1, 2, …: a return of `h` under each early tag, so that one
+    // of the lies about `held` names its real delivery.
+    let returned = |h: u32| returned_as(h, 0);
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut random = |len: usize| -> Vec<u8> {
         (0..len)
@@ -456,7 +482,9 @@ fn forge(held: u32) -> (u64, u64) {
             })
             .collect()
     };
-    let mut frames: Vec<(Vec<u8>, Vec<BorrowedFd<'_>>)> = vec![(returned(held), vec![])];
+    let mut frames: Vec<(Vec<u8>, Vec<BorrowedFd<'_>>)> = (0..64)
+        .map(|tag| (returned_as(held, tag), vec![]))
+        .collect();
     // Never lent: not handle values (odd, 0) or values at the far end of the range.
     for h in [0, 1, 2, 3, 5, 7, u32::MAX, u32::MAX - 3, 0x7fff_fff1] {
         frames.push((returned(h), vec![]));
@@ -703,6 +731,49 @@ fn garbage_and_false_returns_on_the_channel_change_nothing() {
         support::fd_targets("self")
     );
     b.free(last);
+    b.free(held);
+    b.finish();
+}
+
+/// A return names the delivery by its tag as well as its handle: a value can be leased again
+/// while the receiver still maps the block it named before (after the handle space wraps), so a
+/// return of the right handle under any other tag must not free the block for reuse. (Matching
+/// the handle alone, A would reuse the block B still maps.)
+#[test]
+fn a_return_under_another_tag_frees_nothing() {
+    const WARM_UP: u64 = 4;
+    const ROUNDS: u64 = 30;
+    let _env = TestEnv::new();
+    start();
+    let mut b = Worker::start();
+    for round in 0..WARM_UP {
+        let h = alloc_block(round, b.pid);
+        b.round(h, round, true);
+    }
+    let held = alloc_block(100, b.pid);
+    let held_ino = b.lock_keep(held, 100);
+    // Its tag is WARM_UP (deliveries are tagged 0, 1, 2, … on a channel): every other tag nearby.
+    let sent = b.forge_tags(held, 0, WARM_UP) + b.forge_tags(held, WARM_UP + 1, 60);
+    assert_eq!(sent, WARM_UP + 60, "B could not send its returns");
+    for round in WARM_UP..WARM_UP + ROUNDS {
+        let h = alloc_block(round, b.pid);
+        let (ino, _) = b.round(h, round, true);
+        assert_ne!(
+            ino, held_ino,
+            "round {round}: the block B still maps came back to it after returns under wrong tags"
+        );
+    }
+    // The positive control: its true tag does free it, and it comes back to B.
+    assert_eq!(b.forge_tags(held, WARM_UP, 1), 1);
+    let mut back = false;
+    for round in 200..200 + ROUNDS {
+        let h = alloc_block(round, b.pid);
+        back |= b.round(h, round, true).0 == held_ino;
+    }
+    assert!(
+        back,
+        "the return under the block's true tag was not believed"
+    );
     b.free(held);
     b.finish();
 }

@@ -21,8 +21,13 @@ enum Origin {
     /// Made here. `lessee` is the one other process it was lent to (0: none): it may be reused
     /// only for blocks that process may see anyway (see [`pool`]).
     Here { lessee: AtomicU32 },
-    /// Sent by another process over channel `channel` under `handle`: given back to it.
-    Lent { channel: Arc<OwnedFd>, handle: u32 },
+    /// Sent by another process over channel `channel` under `handle`, its delivery tagged `tag`:
+    /// given back to it.
+    Lent {
+        channel: Arc<OwnedFd>,
+        handle: u32,
+        tag: u32,
+    },
     /// Anything else (the broker sent it): closed.
     Foreign,
 }
@@ -92,15 +97,24 @@ impl Block {
         Block::new(fd, (size, len), frozen, Origin::Here { lessee }, mapping)
     }
 
-    /// A block another process sent over `channel` under `handle` (with the mapping we kept of
-    /// it, if it is one we gave back before).
-    pub fn lent(fd: OwnedFd, size: u64, frozen: bool, channel: Arc<OwnedFd>, handle: u32) -> Block {
+    /// A block another process sent over `channel` under `handle`, tagged `tag` (with the
+    /// mapping we kept of it, if it is one we gave back before).
+    pub fn lent(
+        fd: OwnedFd,
+        (size, frozen): (u64, bool),
+        channel: Arc<OwnedFd>,
+        (handle, tag): (u32, u32),
+    ) -> Block {
         let mapping = if frozen {
             None
         } else {
             received::find(fd.as_fd(), size)
         };
-        let origin = Origin::Lent { channel, handle };
+        let origin = Origin::Lent {
+            channel,
+            handle,
+            tag,
+        };
         Block::new(fd, (size, size), frozen, origin, mapping)
     }
 
@@ -215,7 +229,11 @@ impl Drop for Block {
                     lessee,
                 });
             }
-            Origin::Lent { channel, handle } => {
+            Origin::Lent {
+                channel,
+                handle,
+                tag,
+            } => {
                 // Kept before it goes back, so that it is found when the block comes back.
                 let kept = mapping.is_some();
                 match mapping {
@@ -224,7 +242,7 @@ impl Drop for Block {
                 }
                 // If the sender cannot take it now, it simply never recycles the block (nor any
                 // other of that channel's, so what we kept of them goes too).
-                if !channel::give_back(channel.as_fd(), *handle) && kept {
+                if !channel::give_back(channel.as_fd(), *handle, *tag) && kept {
                     received::forget_channel(channel);
                 }
             }

@@ -48,7 +48,10 @@ struct Lease {
     pidfd: OwnedFd,
     channel: OwnedFd,
     values: Vec<u32>,
-    lent: Vec<(u32, Arc<Block>)>,
+    /// The blocks lent, by handle and delivery tag.
+    lent: Vec<(u32, u32, Arc<Block>)>,
+    /// The tag of the next delivery.
+    next_tag: u32,
 }
 
 impl Lease {
@@ -61,8 +64,10 @@ impl Lease {
                 break;
             }
             match channel::take_return(self.channel.as_fd()) {
-                Some(Some(handle)) => {
-                    if let Some(at) = self.lent.iter().position(|(h, _)| *h == handle) {
+                Some(Some(back)) => {
+                    let lent =
+                        |(h, t, _): &(u32, u32, Arc<Block>)| (*h, *t) == (back.handle, back.tag);
+                    if let Some(at) = self.lent.iter().position(lent) {
                         self.lent.remove(at);
                     }
                 }
@@ -72,25 +77,25 @@ impl Lease {
         }
     }
 
-    /// Keeps `block`, just sent under `handle`, until the target returns it (with recycling on:
-    /// else it is let go at once).
-    fn keep_lent(&mut self, handle: u32, block: &Arc<Block>) {
+    /// Keeps `block`, just sent under `handle` with `tag`, until the target returns it (with
+    /// recycling on: else it is let go at once).
+    fn keep_lent(&mut self, handle: u32, tag: u32, block: &Arc<Block>) {
         if !pool::enabled() {
             block.mark_exported();
             return;
         }
         if self.lent.len() >= MAX_LENT {
-            let (_, oldest) = self.lent.remove(0);
+            let (_, _, oldest) = self.lent.remove(0);
             oldest.mark_exported();
         }
-        self.lent.push((handle, Arc::clone(block)));
+        self.lent.push((handle, tag, Arc::clone(block)));
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         // The target is gone, or we stop listening: what it still has never comes back.
-        for (_, block) in self.lent.drain(..) {
+        for (_, _, block) in self.lent.drain(..) {
             block.mark_exported();
         }
     }
@@ -164,13 +169,16 @@ impl Connection {
         lease.take_returns();
         // Before it goes: from the moment it is on the channel, the target may return it.
         block.lend_to(pid);
+        let tag = lease.next_tag;
         let delivery = Delivery {
             handle,
+            tag,
             size: block.size(),
         };
         match channel::send(lease.channel.as_fd(), delivery, block.fd()) {
             Ok(()) => {
-                lease.keep_lent(handle, block);
+                lease.next_tag = tag.wrapping_add(1);
+                lease.keep_lent(handle, tag, block);
                 Ok(Some(handle))
             }
             Err(Errno::AGAIN | Errno::NOBUFS | Errno::NOMEM | Errno::MFILE | Errno::NFILE) => {
@@ -250,6 +258,7 @@ impl Connection {
                 channel: sent,
                 values,
                 lent: Vec::new(),
+                next_tag: 0,
             },
             (None, None) => return Ok(false),
         };

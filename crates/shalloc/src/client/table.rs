@@ -290,8 +290,9 @@ impl OwnTable {
         if finished {
             self.close_channel(k);
         }
-        for (handle, fd, size, frozen, slot) in taken {
-            let lent = Block::lent(fd, size, frozen, Arc::clone(&channel), handle);
+        for (delivery, fd, frozen, slot) in taken {
+            let Delivery { handle, tag, size } = delivery;
+            let lent = Block::lent(fd, (size, frozen), Arc::clone(&channel), (handle, tag));
             self.keep(handle, Arc::new(lent), slot);
         }
     }
@@ -303,8 +304,8 @@ impl OwnTable {
         k: u32,
         delivery: Delivery,
         fd: OwnedFd,
-    ) -> Option<(u32, OwnedFd, u64, bool, usize)> {
-        let Delivery { handle, size } = delivery;
+    ) -> Option<(Delivery, OwnedFd, bool, usize)> {
+        let Delivery { handle, size, .. } = delivery;
         let frozen = shalloc_protocol::block::check(&fd, size, self.max_block).ok()?;
         let slot = segment::slot_of(handle, self.segment.capacity())?;
         let raw = fd.as_raw_fd() as u32;
@@ -315,7 +316,7 @@ impl OwnTable {
         self.segment.set_info(slot, size, frozen);
         let live = State::Live { handle, fd: raw };
         self.segment.swap(slot, reserved, live).ok()?;
-        Some((handle, fd, size, frozen, slot))
+        Some((delivery, fd, frozen, slot))
     }
 
     /// What our table holds under `handle`.
