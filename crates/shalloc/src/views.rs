@@ -10,9 +10,8 @@ use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use rustix::mm::{MapFlags, ProtFlags};
-
 use crate::block::Block;
+use crate::block::mapping::{Mapping, pages};
 use crate::error::{Error, Result};
 
 /// Who may unmap a view.
@@ -36,8 +35,9 @@ struct Record {
     /// The block as this process holds it, for a view of the own table's block: the view keeps it
     /// from being recycled while it lives.
     held: Option<Arc<Block>>,
-    /// Whether the view shows the block's kept mapping (given back, not unmapped, at the end).
-    kept: bool,
+    /// The view's own mapping, unmapped with the record; `None` when it shows `held`'s kept
+    /// mapping, which is given back instead.
+    mapping: Option<Mapping>,
 }
 
 /// The registry's contents.
@@ -59,10 +59,6 @@ pub(crate) enum NotAView {
     OwnedByRust,
 }
 
-fn page_size() -> usize {
-    rustix::param::page_size()
-}
-
 /// Maps `size` bytes of `fd` (read/write or read-only) and registers the view, which keeps `held`
 /// until it is unmapped. A Rust guard's view shows `held`'s kept mapping when it can (no other
 /// view shows it, and it has the right length and protection): no `mmap`, and pages already in
@@ -78,10 +74,11 @@ pub(crate) fn map(
     owner: Owner,
     held: Option<Arc<Block>>,
 ) -> Result<NonNull<u8>> {
-    let len = usize::try_from(size).map_err(|_| Error::TooLarge {
+    let too_large = || Error::TooLarge {
         size,
         max: usize::MAX as u64,
-    })?;
+    };
+    let mapped = usize::try_from(pages(size)).map_err(|_| too_large())?;
     let mut registry = lock_registry();
     // Only for a Rust guard: safe code cannot use its pointer once it is dropped, while a C
     // caller's pointer must stop working at `SHUnlockShared` (the kept mapping stays mapped).
@@ -89,57 +86,27 @@ pub(crate) fn map(
         .as_ref()
         .filter(|_| owner == Owner::Rust)
         .and_then(|block| block.show(write));
-    if let Some(ptr) = kept {
-        let mapped = len.div_ceil(page_size()) * page_size();
-        let record = Record {
-            mapped,
-            size,
-            frozen,
-            owner,
-            held,
-            kept: true,
-        };
-        registry.0.insert(ptr.as_ptr() as usize, record);
-        return Ok(ptr);
-    }
-    let (ptr, mapped) = if len == 0 {
-        // SAFETY: a fresh anonymous mapping at an address the kernel picks affects no existing memory.
-        let p = unsafe {
-            rustix::mm::mmap_anonymous(
-                std::ptr::null_mut(),
-                page_size(),
-                ProtFlags::empty(),
-                MapFlags::PRIVATE,
-            )
+    let (ptr, mapping) = match kept {
+        Some(ptr) => (ptr, None),
+        None => {
+            let mapping = if size == 0 {
+                Mapping::inaccessible_page()?
+            } else {
+                Mapping::new(fd, size, write)?
+            };
+            (mapping.ptr(), Some(mapping))
         }
-        .map_err(|e| Error::os("mmap", e))?;
-        (p, page_size())
-    } else {
-        let prot = if write {
-            ProtFlags::READ | ProtFlags::WRITE
-        } else {
-            ProtFlags::READ
-        };
-        // SAFETY: a new shared mapping at an address the kernel picks affects no existing memory;
-        // the memfd is sealed against shrinking, so every mapped byte stays backed.
-        let p =
-            unsafe { rustix::mm::mmap(std::ptr::null_mut(), len, prot, MapFlags::SHARED, fd, 0) }
-                .map_err(|e| Error::os("mmap", e))?;
-        (p, len.div_ceil(page_size()) * page_size())
     };
-    let ptr = NonNull::new(ptr.cast::<u8>())
-        .ok_or_else(|| Error::os("mmap", rustix::io::Errno::INVAL))?;
-    registry.0.insert(
-        ptr.as_ptr() as usize,
-        Record {
-            mapped,
-            size,
-            frozen,
-            owner,
-            held,
-            kept: false,
-        },
-    );
+    let mapped = mapping.as_ref().map_or(mapped, Mapping::len);
+    let record = Record {
+        mapped,
+        size,
+        frozen,
+        owner,
+        held,
+        mapping,
+    };
+    registry.0.insert(ptr.as_ptr() as usize, record);
     Ok(ptr)
 }
 
@@ -161,15 +128,16 @@ pub(crate) fn unmap_containing(addr: usize, owner: Owner) -> std::result::Result
     let Some(record) = registry.0.remove(&start) else {
         return Err(NotAView::Unknown);
     };
-    match (&record.held, record.kept) {
-        // The block's own mapping: it stays, for the block's next view or refill.
-        (Some(block), true) => block.unshow(),
-        // SAFETY: [start, start + mapped) is exactly a mapping this registry made and still owned;
-        // it was just removed from the registry, so nothing else will use or unmap it.
-        _ => drop(unsafe { rustix::mm::munmap(start as *mut std::ffi::c_void, record.mapped) }),
+    // Under the registry lock, so that no other thread can map a new view at this address between
+    // its removal and its unmapping. Only then may the block be recycled: no view of it is left
+    // here.
+    match (record.mapping, &record.held) {
+        (Some(mapping), _) => drop(mapping),
+        // The block's kept mapping: it stays, for the block's next view or refill.
+        (None, Some(block)) => block.unshow(),
+        (None, None) => {}
     }
-    // Only now may the block be recycled: no view of it is left here.
-    drop(record);
+    drop(record.held);
     Ok(())
 }
 

@@ -1,12 +1,13 @@
 //! A fresh block: a memfd created, filled and sealed by the allocating process, before any other
 //! process can receive it.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::{FallocateFlags, MemfdFlags, SealFlags};
 use rustix::io::Errno;
 
 use super::Contents;
+use super::mapping::Mapping;
 use crate::error::{Error, Result};
 
 /// The seals every block carries: nobody can shrink it (no `SIGBUS` for a reader), grow it, or add
@@ -62,8 +63,11 @@ impl SealedBlock {
             Contents::Zeroed(_) => {}
             Contents::Filled(0, fill) => fill(&mut []),
             Contents::Filled(len, fill) => {
-                let mut map = PrivateFill::map(&fd, len)?;
-                fill(map.bytes());
+                let mut map = Mapping::new(fd.as_fd(), len, true)?;
+                map.populate_for_writing();
+                // SAFETY: nobody else can reach these bytes: the memfd is close-on-exec, was never
+                // sent, and this is its only mapping (dropped before this arm ends).
+                fill(unsafe { map.bytes_mut(usize::try_from(len).unwrap_or(usize::MAX)) });
                 // Unmapped before sealing: F_SEAL_WRITE needs no writable mapping to exist.
                 drop(map);
             }
@@ -88,58 +92,6 @@ pub(crate) fn reserved_by(contents: &Contents<'_>) -> u64 {
     match contents {
         Contents::Bytes(_) => 0,
         Contents::Zeroed(len) | Contents::Filled(len, _) => *len,
-    }
-}
-
-/// A writable mapping of a memfd that no other process has yet: the one moment a block may be
-/// handed out as `&mut [u8]`. Unmapped on drop, also when the fill function panics.
-pub(super) struct PrivateFill {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl PrivateFill {
-    pub(super) fn map(fd: &OwnedFd, len: u64) -> Result<PrivateFill> {
-        let len = usize::try_from(len).map_err(|_| Error::TooLarge {
-            size: len,
-            max: usize::MAX as u64,
-        })?;
-        // SAFETY: a new shared mapping at an address the kernel picks touches no existing memory;
-        // the memfd was just sized (fallocate) to len bytes.
-        let ptr = unsafe {
-            rustix::mm::mmap(
-                std::ptr::null_mut(),
-                len,
-                rustix::mm::ProtFlags::READ | rustix::mm::ProtFlags::WRITE,
-                rustix::mm::MapFlags::SHARED,
-                fd,
-                0,
-            )
-        }
-        .map_err(|e| Error::os("mmap", e))?;
-        // Faulting every page in at once is 5–19% faster than one fault per page as `fill` writes
-        // (measured; MAP_POPULATE is not). Only advice: a kernel without it (EINVAL before 5.14)
-        // faults the pages in as `fill` goes.
-        // SAFETY: advice on exactly the mapping just made; it changes no contents.
-        let _ = unsafe { rustix::mm::madvise(ptr, len, rustix::mm::Advice::LinuxPopulateWrite) };
-        Ok(PrivateFill {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    pub(super) fn bytes(&mut self) -> &mut [u8] {
-        // SAFETY: len bytes are mapped read/write for as long as self lives, and nobody else can
-        // reach them: the memfd is close-on-exec, was never sent (or is a pooled block that no
-        // other process holds or maps, see `pool`), and this is its only mapping.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
-    }
-}
-
-impl Drop for PrivateFill {
-    fn drop(&mut self) {
-        // SAFETY: exactly the mapping made in `map`, unmapped once.
-        let _ = unsafe { rustix::mm::munmap(self.ptr.cast(), self.len) };
     }
 }
 

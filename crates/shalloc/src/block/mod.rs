@@ -14,7 +14,7 @@
 
 mod fresh;
 pub(crate) mod held;
-mod mapping;
+pub(crate) mod mapping;
 pub(crate) mod pool;
 pub(crate) mod received;
 mod refill;

@@ -6,12 +6,12 @@
 //! is ~3.5× cheaper than `pwrite` into them); with `pwrite` or `fallocate` wherever a page may be
 //! missing, so that a shortage of memory is an error, as for a fresh block.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::fs::FallocateFlags;
 
 use super::Contents;
-use super::fresh::{PrivateFill, write_all};
+use super::fresh::write_all;
 use super::mapping::Mapping;
 use super::pool::{Pooled, dirty_extent};
 use crate::error::{Error, Result};
@@ -47,7 +47,7 @@ pub(crate) fn refill(pooled: &mut Pooled, contents: Contents<'_>) -> Result<()> 
     let stale = pooled.dirty.min(keep);
     if pooled.mapping.is_none() && !matches!(contents, Contents::Zeroed(_)) && pooled.len > 0 {
         // Without one, the writes below take the slower way.
-        pooled.mapping = Mapping::new(std::os::fd::AsFd::as_fd(&pooled.fd), pooled.len, true).ok();
+        pooled.mapping = Mapping::new(pooled.fd.as_fd(), pooled.len, true).ok();
     }
     // Bytes below this are in pages the block had: mapped writes there allocate nothing.
     let warm = pooled.warm.min(keep);
@@ -81,8 +81,11 @@ pub(crate) fn refill(pooled: &mut Pooled, contents: Contents<'_>) -> Result<()> 
                     fill(bytes);
                 }
                 _ => {
-                    let mut map = PrivateFill::map(fd, size)?;
-                    let bytes = map.bytes();
+                    let mut map = Mapping::new(fd.as_fd(), size, true)?;
+                    map.populate_for_writing();
+                    // SAFETY: a mapping of our own, dropped at the end of this arm; the block is
+                    // in the pool's hands alone, as above.
+                    let bytes = unsafe { map.bytes_mut(len) };
                     let old = old.min(bytes.len());
                     bytes[..old].fill(0);
                     fill(bytes);
