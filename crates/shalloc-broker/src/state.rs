@@ -252,11 +252,12 @@ impl Broker {
                     t if t & TABLE_BIT != 0 => {
                         let pid = (t & !TABLE_BIT) as u32;
                         if self.tables.exited(pid) {
-                            let closed = self.tables.drop_table(pid);
+                            let (closed, orphans) = self.tables.drop_table(pid);
                             log!(
                                 self.log,
                                 Debug,
-                                "process {pid} exited; closed {closed} handles"
+                                "process {pid} exited; closed {closed} handles, told senders of \
+                                 {orphans} clean blocks"
                             );
                         }
                     }

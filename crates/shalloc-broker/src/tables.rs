@@ -70,9 +70,35 @@ pub(crate) struct Table {
     /// Channels into this table, by number.
     pub channels: HashMap<u32, Channel>,
     next_channel: u32,
+    /// The channel each value was last leased to, for values that may still be `Reserved` or
+    /// `Live` (pruned now and then): which sender's block a `Live` slot holds, for
+    /// [`Tables::orphans`]. A value handed out otherwise is removed.
+    leased_to: HashMap<u32, u32>,
+    /// `leased_to`'s size at which it is next pruned.
+    prune_at: usize,
 }
 
+/// `leased_to`'s first pruning size; after each, the next is twice what is left (at least this).
+const PRUNE_FIRST: usize = 256;
+
 impl Table {
+    /// Forgets, once `leased_to` has grown enough, the values whose slots hold neither their
+    /// reservation nor a live handle (amortised: each pruning at least halves what it looks at).
+    fn prune_leased(&mut self) {
+        if self.leased_to.len() < self.prune_at {
+            return;
+        }
+        let segment = &self.segment;
+        self.leased_to.retain(|&handle, &mut k| {
+            segment::slot_of(handle, segment.capacity()).is_some_and(|slot| {
+                matches!(segment.state(slot),
+                    State::Live { handle: h, .. } if h == handle)
+                    || segment.state(slot) == State::Reserved { handle, channel: k }
+            })
+        });
+        self.prune_at = (2 * self.leased_to.len()).max(PRUNE_FIRST);
+    }
+
     /// The slot and state of `handle`, if the slot holds exactly that handle.
     pub fn find(&self, handle: u32) -> Option<(usize, State)> {
         let slot = segment::slot_of(handle, self.segment.capacity())?;
@@ -191,6 +217,8 @@ impl Tables {
             next_lease: FIRST_LEASE,
             channels: HashMap::new(),
             next_channel: 1,
+            leased_to: HashMap::new(),
+            prune_at: PRUNE_FIRST,
         }))
     }
 
@@ -209,6 +237,7 @@ impl Tables {
                 .swap(slot, State::Empty, State::Pending { handle })
                 .is_ok()
             {
+                table.leased_to.remove(&handle);
                 table.pending.insert(handle, block);
                 self.pending_total += 1;
                 return Ok(handle);
@@ -222,6 +251,9 @@ impl Tables {
         let table = self.by_pid.get_mut(&pid)?;
         let run = self.values.take_run(table.next_lease)?;
         table.next_lease = (table.next_lease * 2).min(MAX_LEASE);
+        for handle in shalloc_protocol::wire::lease_values(run.0, u64::MAX).take(run.1 as usize) {
+            table.leased_to.remove(&handle);
+        }
         Some(run)
     }
 
@@ -266,6 +298,7 @@ impl Tables {
         let table = self.by_pid.get_mut(&pid)?;
         let segment = &table.segment;
         let channel = table.channels.get_mut(&k)?;
+        let leased_to = &mut table.leased_to;
         channel.values.retain(|&handle| {
             let slot = segment::slot_of(handle, segment.capacity());
             slot.is_some_and(|s| segment.state(s) == State::Reserved { handle, channel: k })
@@ -287,8 +320,10 @@ impl Tables {
             if segment.swap(slot, State::Empty, reserved).is_ok() {
                 mask |= 1 << i;
                 channel.values.push(handle);
+                leased_to.insert(handle, k);
             }
         }
+        table.prune_leased();
         (mask != 0).then_some((start, count, mask))
     }
 
@@ -405,15 +440,46 @@ impl Tables {
         }
     }
 
-    /// Drops `pid`'s table and closes all its handles (its process exited): the number of blocks
-    /// the broker held for it.
-    pub fn drop_table(&mut self, pid: u32) -> usize {
-        let Some(table) = self.by_pid.remove(&pid) else {
+    /// Tells the senders of `pid`'s channels, on the receiving ends the broker keeps, which of
+    /// their blocks were still open in its table and clean as it exited: never reopened by the
+    /// broker for anyone (not exported), not frozen, and the owner never said it forked. Call
+    /// once the process exited, before its table goes. Returns how many.
+    fn orphans(&mut self, pid: u32) -> usize {
+        let Some(table) = self.by_pid.get_mut(&pid) else {
             return 0;
+        };
+        if table.segment.forks() != 0 {
+            return 0;
+        }
+        let segment = &table.segment;
+        let mut told = 0;
+        for (&handle, k) in &table.leased_to {
+            let Some(slot) = segment::slot_of(handle, segment.capacity()) else {
+                continue;
+            };
+            let live = matches!(segment.state(slot), State::Live { handle: h, .. } if h == handle);
+            if !live || segment.exported(slot) || segment.info(slot).1 {
+                continue;
+            }
+            if let Some(channel) = table.channels.get(k) {
+                let end = std::os::fd::AsFd::as_fd(&channel.recv);
+                told += usize::from(shalloc_protocol::channel::orphan(end, handle));
+            }
+        }
+        told
+    }
+
+    /// Drops `pid`'s table and closes all its handles (its process exited), first telling its
+    /// channels' senders which of their blocks were clean: (the blocks the broker held for it, the
+    /// senders' blocks found clean).
+    pub fn drop_table(&mut self, pid: u32) -> (usize, usize) {
+        let orphans = self.orphans(pid);
+        let Some(table) = self.by_pid.remove(&pid) else {
+            return (0, 0);
         };
         self.pending_total -= table.pending.len();
         self.channel_total -= table.channels.len();
-        table.pending.len()
+        (table.pending.len(), orphans)
     }
 
     /// Whether `pid` has a table whose process has exited.

@@ -24,6 +24,10 @@
 //!   only for a block it lent to B, and reuses it only for B, so a lie from B shows B nothing of
 //!   anyone else's; B's frames queue on A's end, which only A reads, at most a socket buffer's
 //!   worth (a return that does not fit is dropped: the block is then not recycled).
+//! - **A receiver that exits.** Its views are gone with it. Before the broker drops its table, it
+//!   tells A, on B's end, which blocks A delivered were still open there and clean ([`Orphaned`]:
+//!   never reopened by the broker for anyone, and B never forked); A believes that only once B's
+//!   pidfd says it exited, and may then reuse those blocks for its own table.
 //! - **Ending.** A channel lives as long as A's connection. When it closes, the broker takes what
 //!   is left on the channel, empties A's unused reservations and tells B
 //!   ([`Reply::Unleased`](crate::wire::Reply::Unleased)).
@@ -34,7 +38,7 @@ use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::transport::{self, RecvBuf, RecvError};
-use crate::wire::{Delivery, MAX_FRAME, Returned};
+use crate::wire::{Delivery, MAX_FRAME, Orphaned, Returned};
 
 /// A new channel: (sending end, receiving end).
 pub fn pair() -> rustix::io::Result<(OwnedFd, OwnedFd)> {
@@ -52,17 +56,43 @@ pub fn give_back(channel: BorrowedFd<'_>, handle: u32, tag: u32) -> bool {
     transport::send(channel, &Returned { handle, tag }.encode(), None, true).is_ok()
 }
 
-/// Reads one return off the sending end without waiting: `Some(Some(returned))`, `Some(None)`
-/// for a frame that is not a return (dropped, descriptors closed), `None` when nothing is waiting.
-pub fn take_return(channel: BorrowedFd<'_>) -> Option<Option<Returned>> {
+/// Tells the sender, from the receiving end the broker keeps, that the receiver exited while the
+/// block of `handle` was open in its table and clean (see [`Orphaned`]): `false` when it could not
+/// be sent now.
+pub fn orphan(channel: BorrowedFd<'_>, handle: u32) -> bool {
+    transport::send(channel, &Orphaned { handle }.encode(), None, true).is_ok()
+}
+
+/// What one look at a channel's sending end found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Back {
+    /// A return from the receiver.
+    Returned(Returned),
+    /// The broker's word that the receiver exited with this block clean.
+    Orphaned(u32),
+    /// A frame that is neither (dropped, descriptors closed).
+    Other,
+    /// Nothing is waiting now.
+    Empty,
+    /// Every holder of the receiving end is gone and nothing is left.
+    Finished,
+}
+
+/// Reads one frame off the sending end without waiting.
+pub fn take_back(channel: BorrowedFd<'_>) -> Back {
     let mut buf: RecvBuf = [0; MAX_FRAME + 1];
     match transport::recv(channel, &mut buf, true) {
-        Ok(received) => Some(
-            Returned::decode(&buf[..received.len])
-                .ok()
-                .filter(|_| received.fds.is_empty()),
-        ),
-        Err(_) => None,
+        Ok(received) if received.fds.is_empty() => {
+            let frame = &buf[..received.len];
+            match (Returned::decode(frame), Orphaned::decode(frame)) {
+                (Ok(returned), _) => Back::Returned(returned),
+                (_, Ok(orphaned)) => Back::Orphaned(orphaned.handle),
+                _ => Back::Other,
+            }
+        }
+        Ok(_) | Err(RecvError::Oversized(_)) => Back::Other,
+        Err(RecvError::WouldBlock) => Back::Empty,
+        Err(RecvError::Closed | RecvError::Io(_)) => Back::Finished,
     }
 }
 

@@ -9,7 +9,8 @@
 //! swaps the word away from `Live`, so exactly one succeeds.
 //!
 //! ```text
-//! offset 0:   header  capacity u64 | remote frees u64 | owner receiving u64 | 40 bytes (0)
+//! offset 0:   header  capacity u64 | remote frees u64 | owner receiving u64 | owner forks u64
+//!                     | 32 bytes (0)
 //! offset 64:  slot i (16 bytes each): state u64 | info u64
 //! state:      handle u32 (high half) | descriptor or channel u30 | status u2   (0 = empty)
 //! info:       frozen (bit 63) | exported (bit 62) | block size (62 bits)
@@ -302,6 +303,12 @@ impl Segment {
             .is_some_and(|w| w.fetch_and(!EXPORTED_BIT, Ordering::SeqCst) & EXPORTED_BIT != 0)
     }
 
+    /// Whether the broker marked `slot`'s block exported (without clearing the mark).
+    pub fn exported(&self, slot: usize) -> bool {
+        self.slot_word(slot, 1)
+            .is_some_and(|w| w.load(Ordering::SeqCst) & EXPORTED_BIT != 0)
+    }
+
     /// The listing word of `slot`: (size, frozen).
     pub fn info(&self, slot: usize) -> (u64, bool) {
         self.slot_word(slot, 1)
@@ -317,6 +324,17 @@ impl Segment {
     /// How many frees the broker has done in this table.
     pub fn remote_frees(&self) -> u64 {
         self.word(8).load(Ordering::Acquire)
+    }
+
+    /// Records that the owner forked (its atfork handler does): a child may hold every block the
+    /// owner held then, so when the owner exits, the broker tells no sender its blocks are free.
+    pub fn note_fork(&self) {
+        self.word(24).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// How many times the owner said it forked.
+    pub fn forks(&self) -> u64 {
+        self.word(24).load(Ordering::SeqCst)
     }
 
     /// Marks that the owner is taking blocks off its channels (`true`) or is done (`false`).

@@ -288,6 +288,7 @@ mod kind {
 
     pub const DELIVERY: u16 = 0x2001;
     pub const RETURNED: u16 = 0x2002;
+    pub const ORPHANED: u16 = 0x2003;
 
     pub const U_ADOPT: u16 = 0x4001;
     pub const U_LEASED: u16 = 0x4002;
@@ -416,6 +417,42 @@ impl Returned {
             handle: f.u32(),
             tag: f.u32(),
         })
+    }
+}
+
+/// The frame the broker sends a channel's sender, on the receiver's end, when the receiver exited
+/// (see [`crate::channel`]): the block delivered under `handle` was still open in the receiver's
+/// table, the broker never reopened it for anyone, and the receiver never forked. With the
+/// receiver gone, no view of it is left anywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Orphaned {
+    /// The handle the block was delivered under.
+    pub handle: u32,
+}
+
+impl Orphaned {
+    /// Encodes the frame (request id 0).
+    pub fn encode(&self) -> Frame {
+        Frame::new(kind::ORPHANED, UNASKED_ID)
+            .u32(self.handle)
+            .u32(0)
+    }
+
+    /// Decodes one frame.
+    pub fn decode(bytes: &[u8]) -> Result<Orphaned, DecodeError> {
+        let (k, id, body) = header(bytes)?;
+        if k != kind::ORPHANED {
+            return Err(DecodeError::UnknownKind(k));
+        }
+        let mut f = body_of(k, body, 8)?;
+        let handle = f.u32();
+        if f.u32() != 0 || id != UNASKED_ID {
+            return Err(DecodeError::BadField {
+                kind: k,
+                what: "padding and request id must be 0",
+            });
+        }
+        Ok(Orphaned { handle })
     }
 }
 
@@ -965,6 +1002,26 @@ mod tests {
         }
         assert!(Delivery::decode(frame.as_bytes()).is_err());
         assert!(Request::decode(frame.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn orphans_round_trip_and_are_nothing_else() {
+        let orphaned = Orphaned { handle: 0x10c };
+        let frame = orphaned.encode();
+        assert_eq!(Orphaned::decode(frame.as_bytes()), Ok(orphaned));
+        for cut in 0..frame.as_bytes().len() {
+            assert!(Orphaned::decode(&frame.as_bytes()[..cut]).is_err());
+        }
+        assert!(Returned::decode(frame.as_bytes()).is_err());
+        assert!(Delivery::decode(frame.as_bytes()).is_err());
+        assert!(Request::decode(frame.as_bytes()).is_err());
+        assert!(Reply::decode(frame.as_bytes()).is_err());
+        let returned = Returned {
+            handle: 0x10c,
+            tag: 0,
+        }
+        .encode();
+        assert!(Orphaned::decode(returned.as_bytes()).is_err());
     }
 
     #[test]

@@ -72,14 +72,22 @@ pub(crate) fn alloc_contents_if(
     }
     let own = to == Pid::current();
     let target = if own { 0 } else { to.as_raw() };
-    let block = Arc::new(block::make(contents, frozen, target)?);
+    let (block, warm) = block::make(contents, frozen, target)?;
+    let block = Arc::new(block);
     if !keep() {
         return Ok(None);
     }
     if own {
         // Our own table: no round trip (but for a new lease of handle values, now and then).
-        return client::with_table(|conn, table, deadline| table.insert(conn, &block, deadline))
-            .map(Some);
+        return client::with_table(|conn, table, deadline| {
+            let handle = table.insert(conn, &block, deadline)?;
+            if !warm {
+                // The pool had none: blocks of processes we lent to that exited may be free now.
+                conn.reap_leases();
+            }
+            Ok(handle)
+        })
+        .map(Some);
     }
     client::with_table(|conn, _, deadline| send_into(conn, &block, to, deadline)).map(Some)
 }

@@ -1290,10 +1290,11 @@ fn a_leaser_keeps_no_descriptors_for_targets_that_exited() {
         counts.push(procs::open_fds());
     }
     assert_eq!(served("alloc"), 0, "the blocks did not go over channels");
-    // Each round leaves at most the lease of its own (exited) target until the next lease.
-    let first = counts[0];
+    // Each round leaves at most the lease of its own (exited) target until the next lease, and
+    // the one before it while the broker's word on the blocks it held comes over its channel.
+    let early = counts[..5].iter().copied().max().unwrap_or(0);
     assert!(
-        counts.iter().all(|&c| c <= first),
+        counts.iter().all(|&c| c <= early),
         "descriptors piled up with dead targets: {counts:?}"
     );
 }

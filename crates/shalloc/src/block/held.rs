@@ -47,6 +47,9 @@ pub(crate) struct Block {
     /// The pool's generation when the block came here: a fork since then means a child may hold
     /// the descriptor or a mapping, so the block is not recycled.
     generation: u64,
+    /// Whether the one process this block was lent to exited with it clean (the broker's word):
+    /// it may then be reused for our own table (see [`pool`]).
+    orphaned: AtomicBool,
     /// The mapping the block keeps between views and refills. Taken only under the view
     /// registry's lock (or in `drop`), so no fork can find it held.
     kept: Mutex<Kept>,
@@ -76,6 +79,7 @@ impl Block {
             origin,
             exported: AtomicBool::new(!recyclable),
             generation: pool::generation(),
+            orphaned: AtomicBool::new(false),
             kept: Mutex::new(Kept {
                 mapping: mapping.filter(|_| !frozen),
                 shown: false,
@@ -186,6 +190,13 @@ impl Block {
         self.exported.store(true, Ordering::SeqCst);
     }
 
+    /// Records that the process this block (made here) was lent to exited while it was open in
+    /// its table and clean, as the broker said: no view of it is left anywhere, and it may be
+    /// reused for our own table.
+    pub fn orphan(&self) {
+        self.orphaned.store(true, Ordering::SeqCst);
+    }
+
     /// Records that the block, made here, is being lent to process `pid` over a channel: it may
     /// come back, for `pid` only. A block made here and lent to a second process is not recycled.
     pub fn lend_to(&self, pid: u32) {
@@ -219,14 +230,15 @@ impl Drop for Block {
                 // A block that came back from another process: it may have written anywhere in
                 // the memfd, so all of it counts as written.
                 let dirty = if lessee == 0 { warm } else { self.len };
-                let len = self.len;
+                let orphan = self.orphaned.load(Ordering::SeqCst);
                 pool::put(Returning {
                     fd,
                     mapping,
-                    len,
+                    len: self.len,
                     dirty,
                     warm,
-                    lessee,
+                    lessee: if orphan { 0 } else { lessee },
+                    orphan,
                 });
             }
             Origin::Lent {

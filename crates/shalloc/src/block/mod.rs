@@ -54,14 +54,16 @@ impl Contents<'_> {
 /// when it holds one of the right class that may go there (not for a frozen block, which can
 /// never be written again), else fresh — a class long when recycling is on, so that it can be
 /// recycled later.
-pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<Block> {
+///
+/// Returns the block and whether it came from the pool.
+pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<(Block, bool)> {
     let size = contents.len();
     let class = class_bytes(size);
     let mut contents = contents;
     if !frozen {
         if let Some(pooled) = pool::take(class, target) {
             match from_pool(pooled, contents)? {
-                Ok(block) => return Ok(block),
+                Ok(block) => return Ok((block, true)),
                 Err(unused) => contents = unused,
             }
         }
@@ -85,7 +87,7 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
         // Made with recycling off (perhaps for this thread only): never kept.
         block.mark_exported();
     }
-    Ok(block)
+    Ok((block, false))
 }
 
 /// Refills `pooled` with `contents`: `Ok(Err(contents))` when memory ran short before they were

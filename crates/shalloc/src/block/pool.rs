@@ -57,6 +57,9 @@ pub(crate) struct Pooled {
     /// The one other process that held the block (0: none): it is reused only for blocks put
     /// into that process's table, which it may see anyway.
     pub lessee: u32,
+    /// Whether it came back from a process that exited (see [`take`]): reused only for our own
+    /// table, and only while we are dumpable.
+    pub orphan: bool,
     since: Instant,
 }
 
@@ -219,6 +222,8 @@ pub(crate) struct Returning {
     pub warm: u64,
     /// The one other process that held it (0: nobody).
     pub lessee: u32,
+    /// Whether it came back from a process that exited.
+    pub orphan: bool,
 }
 
 /// Keeps a returning block for a later allocation; closes it instead when the pool is off or it
@@ -231,6 +236,7 @@ pub(crate) fn put(block: Returning) {
         dirty,
         warm,
         lessee,
+        orphan,
     } = block;
     let settings = settings();
     if len == 0 || dirty > settings.bytes {
@@ -251,23 +257,45 @@ pub(crate) fn put(block: Returning) {
         warm,
         mapping,
         lessee,
+        orphan,
         since: now,
     });
 }
 
 /// Takes the most recently kept block `len` bytes long (the warmest) that may go into the table
 /// of process `target` (0: our own): one nobody else held, or one only `target` held.
+///
+/// Or, for our own table, one whose only other holder exited with it clean (an orphan), and only
+/// while this process is dumpable. Its holder's heirs — a process it secretly passed the
+/// descriptor to, before it died — are then processes of our user, who may read all our memory
+/// through ptrace anyway (the access rule of our table is ptrace's), so they see nothing new. A
+/// process that made itself non-dumpable never reuses an orphan.
 pub(crate) fn take(len: u64, target: u32) -> Option<Pooled> {
     if len == 0 || !enabled() {
         return None;
     }
     let mut pool = lock_pool();
     pool.drop_idle(Instant::now(), settings().idle);
-    let at = pool
-        .blocks
-        .iter()
-        .rposition(|b| b.len == len && (b.lessee == 0 || b.lessee == target))?;
+    let mut dumpable = None;
+    let at = pool.blocks.iter().rposition(|b| {
+        if b.len != len {
+            return false;
+        }
+        if b.orphan {
+            target == 0 && *dumpable.get_or_insert_with(is_dumpable)
+        } else {
+            b.lessee == 0 || b.lessee == target
+        }
+    })?;
     Some(pool.remove(at))
+}
+
+/// Whether this process may be read through ptrace by its user's other processes.
+fn is_dumpable() -> bool {
+    matches!(
+        rustix::process::dumpable_behavior(),
+        Ok(rustix::process::DumpableBehavior::Dumpable)
+    )
 }
 
 /// Called after every `fork` (see the client's atfork handlers): blocks made before it may now

@@ -9,7 +9,8 @@
 //!
 //! They also tell the block pool that a fork happened: the child may now hold every block the
 //! parent held or mapped, so none of those is recycled (see [`crate::block::pool`]); the child
-//! drops the pool and the kept mappings it inherited.
+//! drops the pool and the kept mappings it inherited. And they note the fork in the own table's
+//! segment, so that when this process exits the broker tells no sender its blocks are clean.
 
 use std::cell::RefCell;
 use std::sync::{MutexGuard, Once};
@@ -34,6 +35,7 @@ extern "C" fn prepare() {
     // Always the same order: connection, registry, pool, kept mappings (nothing takes them the
     // other way round).
     let held = (lock_client(), lock_registry(), lock_pool(), lock_received());
+    held.0.note_fork();
     HELD.with(|h| *h.borrow_mut() = Some(held));
 }
 

@@ -17,7 +17,7 @@ use std::time::Instant;
 use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags};
-use shalloc_protocol::channel;
+use shalloc_protocol::channel::{self, Back};
 use shalloc_protocol::wire::{Delivery, Reply, Request, lease_values};
 
 use super::Failed;
@@ -33,6 +33,9 @@ const MAX_REFUSED_SKIP: u32 = 1024;
 /// The most targets this process keeps a lease for (two descriptors each: the target's pidfd and
 /// the channel); leases of targets that exited are dropped whenever a new lease is taken.
 const MAX_LEASES: usize = 64;
+/// The most leases of exited targets kept until the broker's word on their blocks comes (each
+/// holds the target's pidfd, the channel, and the blocks still lent).
+const MAX_DYING: usize = 8;
 /// The most refusals remembered (a few bytes each).
 const MAX_REFUSED: usize = 4096;
 /// The most blocks lent to one target that we keep for their return (one descriptor each); older
@@ -55,26 +58,39 @@ struct Lease {
 }
 
 impl Lease {
-    /// Takes back the blocks the target returned: each goes to the pool (for this target only)
-    /// as its last reference drops. A return of a block we did not lend it is ignored. With
-    /// nothing lent, nothing is read (no system call): what waits can only be ignored anyway.
-    fn take_returns(&mut self) {
+    /// Takes back the blocks the target returned, and once it exited, those the broker found
+    /// clean in its table (orphans): each goes to the pool as its last reference drops — a return
+    /// for this target only, an orphan for our own table. A return of a block we did not lend it
+    /// is ignored, as is an orphan before the target's exit (only the target could have sent it).
+    /// With nothing lent, nothing is read (no system call): what waits can only be ignored anyway.
+    /// Whether the channel is finished: nothing can come back any more.
+    fn take_returns(&mut self) -> bool {
         for _ in 0..MAX_RETURNS_PER_SEND {
             if self.lent.is_empty() {
-                break;
+                return false;
             }
-            match channel::take_return(self.channel.as_fd()) {
-                Some(Some(back)) => {
+            match channel::take_back(self.channel.as_fd()) {
+                Back::Returned(back) => {
                     let lent =
                         |(h, t, _): &(u32, u32, Arc<Block>)| (*h, *t) == (back.handle, back.tag);
                     if let Some(at) = self.lent.iter().position(lent) {
                         self.lent.remove(at);
                     }
                 }
-                Some(None) => continue,
-                None => break,
+                Back::Orphaned(handle) => {
+                    // The newest delivery under that value is the one its slot held.
+                    let at = self.lent.iter().rposition(|(h, _, _)| *h == handle);
+                    if let Some(at) = at.filter(|_| exited(self.pidfd.as_fd())) {
+                        let (_, _, block) = self.lent.remove(at);
+                        block.orphan();
+                    }
+                }
+                Back::Other => continue,
+                Back::Empty => return false,
+                Back::Finished => return true,
             }
         }
+        false
     }
 
     /// Keeps `block`, just sent under `handle` with `tag`, until the target returns it (with
@@ -113,6 +129,42 @@ struct Refused {
 pub(crate) struct Leases {
     by_pid: HashMap<u32, Lease>,
     refused: HashMap<u32, Refused>,
+    /// Leases of targets that exited while holding blocks we lent them, until their channel is
+    /// finished: the broker's word on which blocks were clean comes over it (oldest first).
+    dying: Vec<Lease>,
+}
+
+impl Leases {
+    /// Moves the lease of `pid`, whose target exited, to the dying ones if it lent anything
+    /// (dropping it otherwise), and reads what its channel has.
+    fn bury(&mut self, pid: u32) {
+        if let Some(lease) = self.by_pid.remove(&pid) {
+            if !lease.lent.is_empty() {
+                if self.dying.len() >= MAX_DYING {
+                    self.dying.remove(0);
+                }
+                self.dying.push(lease);
+            }
+        }
+        self.dying
+            .retain_mut(|lease| !(lease.lent.is_empty() || lease.take_returns()));
+    }
+
+    /// Looks for targets that exited with blocks we lent them, and takes back what the broker
+    /// found clean (see [`Lease::take_returns`]). One `poll` per lease that lent something.
+    pub fn reap(&mut self) {
+        let gone: Vec<u32> = self
+            .by_pid
+            .iter()
+            .filter(|(_, lease)| !lease.lent.is_empty() && exited(lease.pidfd.as_fd()))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for pid in gone {
+            self.bury(pid);
+        }
+        self.dying
+            .retain_mut(|lease| !(lease.lent.is_empty() || lease.take_returns()));
+    }
 }
 
 /// Whether the process behind `pidfd` has exited (a pidfd polls readable once it has).
@@ -131,6 +183,12 @@ fn pidfd_of(pid: u32) -> Option<OwnedFd> {
 }
 
 impl Connection {
+    /// Takes back, from targets that exited, the blocks the broker found clean in their tables
+    /// (see [`Leases::reap`]).
+    pub fn reap_leases(&mut self) {
+        self.leases.reap();
+    }
+
     /// Sends `block` into `pid`'s table over a leased channel: `Ok(Some(handle))` once it is on
     /// its way (lent: it may come back), `Ok(None)` when no lease can be had (allocate through the
     /// broker then).
@@ -163,7 +221,7 @@ impl Connection {
         };
         if exited(lease.pidfd.as_fd()) {
             // Gone, or its pid given to another process: the broker answers for that pid.
-            self.leases.by_pid.remove(&pid);
+            self.leases.bury(pid);
             return Ok(None);
         }
         lease.take_returns();
@@ -238,9 +296,16 @@ impl Connection {
         }
         // Leases of processes that exited go now, so that their descriptors do not pile up; past
         // the cap, an arbitrary one goes too.
-        self.leases
+        let gone: Vec<u32> = self
+            .leases
             .by_pid
-            .retain(|_, lease| !exited(lease.pidfd.as_fd()));
+            .iter()
+            .filter(|(_, lease)| exited(lease.pidfd.as_fd()))
+            .map(|(&pid, _)| pid)
+            .collect();
+        for gone in gone {
+            self.leases.bury(gone);
+        }
         if self.leases.by_pid.len() >= MAX_LEASES {
             if let Some(&victim) = self.leases.by_pid.keys().next() {
                 self.leases.by_pid.remove(&victim);

@@ -60,6 +60,14 @@ impl Client {
         }
     }
 
+    /// Records in the own table, for the broker, that this process is forking (see
+    /// [`Segment::note_fork`](shalloc_protocol::segment::Segment::note_fork)).
+    pub fn note_fork(&self) {
+        if let Some(table) = &self.table {
+            table.note_fork();
+        }
+    }
+
     /// Takes the blocks the broker sent into the own table (when this connection attached one).
     fn settle(&mut self) {
         if let (Some(conn), Some(table)) = (self.conn.as_mut(), self.table.as_mut()) {

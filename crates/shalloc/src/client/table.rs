@@ -380,6 +380,12 @@ impl OwnTable {
         Some(won)
     }
 
+    /// Records that this process is forking: the child may hold every block of this table, so
+    /// when we exit, the broker must not tell their senders they are clean.
+    pub fn note_fork(&self) {
+        self.segment.note_fork();
+    }
+
     /// Forgets the table in a forked child: closes the descriptors it inherited (they are the
     /// parent's table, not the child's) without touching the segment, which the child does not
     /// have (it is mapped `MADV_DONTFORK`).
