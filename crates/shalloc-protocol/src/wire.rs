@@ -337,6 +337,10 @@ pub fn lease_values(start: u32, mask: u64) -> impl Iterator<Item = u32> {
         .map(move |i| start.wrapping_add(i * crate::segment::HANDLE_STEP))
 }
 
+/// The bit of a [`Delivery::tag`] by which the sender asks for the block back once the receiver
+/// is done with it (it keeps the block for that; without it, a return would only be ignored).
+pub const TAG_WANTS_RETURN: u32 = 1 << 31;
+
 /// The one frame a client sends another, over a channel (see [`crate::channel`]): the block of
 /// `handle`, a value leased to the sender in the receiver's table, travels with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,7 +349,8 @@ pub struct Delivery {
     pub handle: u32,
     /// The sender's tag for this delivery, echoed in the block's [`Returned`]: a handle value
     /// can be leased again while the receiver still holds a view of its earlier block, so the
-    /// value alone cannot say which block came back. Anything for the broker.
+    /// value alone cannot say which block came back. Its top bit ([`TAG_WANTS_RETURN`]) says
+    /// whether the sender wants the block back at all. The broker ignores it.
     pub tag: u32,
     /// The block's size in bytes; the receiver checks it against the memfd.
     pub size: u64,

@@ -54,7 +54,7 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAd
 use shalloc::pool::{POOL_IDLE_ENV, pooled, set_limit};
 use shalloc::{Handle, Pid, View};
 use shalloc_protocol::block::class_bytes;
-use shalloc_protocol::wire::{MAX_FRAME, Returned};
+use shalloc_protocol::wire::{MAX_FRAME, Returned, TAG_WANTS_RETURN};
 
 // ---------------------------------------------------------------------------------------------
 // Blocks: sizes and bytes
@@ -269,7 +269,7 @@ fn worker(mut end: End) -> i32 {
                 let held = u32::try_from(a[0]).unwrap();
                 let mut sent = 0;
                 for tag in a[1]..a[1] + a[2] {
-                    let tag = u32::try_from(tag).unwrap();
+                    let tag = u32::try_from(tag).unwrap() | TAG_WANTS_RETURN;
                     let frame = Returned { handle: held, tag }.encode();
                     sent += u64::from(send_frame(channel_end(), frame.as_bytes(), &[]));
                 }
@@ -467,9 +467,12 @@ fn forge(held: u32) -> (u64, u64) {
     let sock = channel_end();
     let memfd = rustix::fs::memfd_create("forged", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
     let (pipe_r, pipe_w) = rustix::pipe::pipe().unwrap();
-    let returned_as = |handle: u32, tag: u32| Returned { handle, tag }.encode().as_bytes().to_vec();
-    // The sender tags its deliveries 0, 1, 2, …: a return of `h` under each early tag, so that one
-    // of the lies about `held` names its real delivery.
+    // The sender tags its deliveries 0, 1, 2, … (with the wants-return bit): a return of `h` under
+    // each early tag, so that one of the lies about `held` names its real delivery.
+    let returned_as = |handle: u32, n: u32| {
+        let tag = n | TAG_WANTS_RETURN;
+        Returned { handle, tag }.encode().as_bytes().to_vec()
+    };
     let returned = |h: u32| returned_as(h, 0);
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut random = |len: usize| -> Vec<u8> {

@@ -6,10 +6,8 @@
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-
-use shalloc_protocol::channel;
 
 use super::mapping::{Mapping, pages};
 use super::pool::{self, Returning};
@@ -55,11 +53,45 @@ pub(crate) struct Block {
     kept: Mutex<Kept>,
 }
 
-/// A block's kept mapping (see [`Mapping`]), and whether a view shows it now.
+/// A block's kept mapping (see [`Mapping`]), whether a view shows it now, and whether it counts
+/// among the [`PARKED`] ones.
 #[derive(Debug, Default)]
 struct Kept {
     mapping: Option<Mapping>,
     shown: bool,
+    parked: bool,
+}
+
+/// The most kept mappings of live blocks that no view shows (each is a mapping of this process:
+/// a process holding many blocks must not run out of them). Those of pooled blocks and of blocks
+/// given back are bounded by their own caps.
+const MAX_PARKED: usize = 64;
+/// How many kept mappings of live blocks no view shows now.
+static PARKED: AtomicUsize = AtomicUsize::new(0);
+
+impl Kept {
+    /// Counts the mapping, not shown by any view, among the parked ones; drops it (unmapping it)
+    /// instead when there are enough, or when it cannot serve again (`useful` false).
+    fn park(&mut self, useful: bool) {
+        if self.mapping.is_none() || self.parked {
+            return;
+        }
+        if useful && PARKED.fetch_add(1, Ordering::SeqCst) < MAX_PARKED {
+            self.parked = true;
+        } else {
+            if useful {
+                PARKED.fetch_sub(1, Ordering::SeqCst);
+            }
+            self.mapping = None;
+        }
+    }
+
+    /// No longer counts it among the parked ones (a view shows it, or the block goes).
+    fn unpark(&mut self) {
+        if std::mem::take(&mut self.parked) {
+            PARKED.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 impl Block {
@@ -71,6 +103,12 @@ impl Block {
         mapping: Option<Mapping>,
     ) -> Block {
         let recyclable = !frozen && !matches!(origin, Origin::Foreign);
+        let mut kept = Kept {
+            mapping: mapping.filter(|_| !frozen),
+            shown: false,
+            parked: false,
+        };
+        kept.park(recyclable);
         Block {
             fd: ManuallyDrop::new(fd),
             size,
@@ -80,10 +118,7 @@ impl Block {
             exported: AtomicBool::new(!recyclable),
             generation: pool::generation(),
             orphaned: AtomicBool::new(false),
-            kept: Mutex::new(Kept {
-                mapping: mapping.filter(|_| !frozen),
-                shown: false,
-            }),
+            kept: Mutex::new(kept),
         }
     }
 
@@ -158,16 +193,23 @@ impl Block {
         }
         let ptr = mapping.ptr();
         kept.shown = true;
+        kept.unpark();
         Some(ptr)
     }
 
-    /// Takes the kept mapping back from the view that showed it. Call under the view registry's
-    /// lock.
+    /// Takes the kept mapping back from the view that showed it: it stays for the next view or
+    /// refill while the block may still be recycled and few are parked, else it is unmapped. Call
+    /// under the view registry's lock.
     pub fn unshow(&self) {
-        self.kept
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .shown = false;
+        let useful = self.recyclable();
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.shown = false;
+        kept.park(useful);
+    }
+
+    /// Whether the block may still be recycled (nothing marked it exported, no fork since it came).
+    fn recyclable(&self) -> bool {
+        !self.exported.load(Ordering::SeqCst) && self.generation == pool::generation()
     }
 
     /// The descriptor.
@@ -217,11 +259,13 @@ impl Drop for Block {
         // SAFETY: `drop` runs once, and `self.fd` is not used after this line.
         let fd = unsafe { ManuallyDrop::take(&mut self.fd) };
         let kept = self.kept.get_mut().unwrap_or_else(PoisonError::into_inner);
+        kept.unpark();
         // No view shows it (each view holds the block), so the mapping is free to go.
         let mapping = kept.mapping.take();
-        if self.exported.load(Ordering::SeqCst) || self.generation != pool::generation() {
+        if !self.recyclable() {
             return;
         }
+        // Where it goes checks the fork generation again, under the lock a fork takes first.
         match &self.origin {
             Origin::Here { lessee } => {
                 let lessee = lessee.load(Ordering::SeqCst);
@@ -239,25 +283,14 @@ impl Drop for Block {
                     warm,
                     lessee: if orphan { 0 } else { lessee },
                     orphan,
+                    generation: self.generation,
                 });
             }
             Origin::Lent {
                 channel,
                 handle,
                 tag,
-            } => {
-                // Kept before it goes back, so that it is found when the block comes back.
-                let kept = mapping.is_some();
-                match mapping {
-                    Some(mapping) => received::keep(channel, fd, mapping),
-                    None => drop(fd),
-                }
-                // If the sender cannot take it now, it simply never recycles the block (nor any
-                // other of that channel's, so what we kept of them goes too).
-                if !channel::give_back(channel.as_fd(), *handle, *tag) && kept {
-                    received::forget_channel(channel);
-                }
-            }
+            } => received::give_back(channel, fd, mapping, (*handle, *tag), self.generation),
             Origin::Foreign => {}
         }
     }

@@ -6,8 +6,10 @@
 //! it (refilled through it, and shown through it by a view of the own table), and in the process it
 //! was lent to (shown through it again when the block comes back for that process).
 //!
-//! A kept mapping is never shown by two views at once, and is unmapped when its block is closed,
-//! evicted, or inherited by a forked child (which drops it at once). It is not a view: nobody
+//! A kept mapping is never shown by two views at once, and is unmapped when its block is closed
+//! or evicted, or when it cannot serve again (its block may no longer be recycled, or 64 mappings
+//! of live blocks wait already). A forked child drops the pool's and the given-back ones it
+//! inherited at once, and the others with their blocks. It is not a view: nobody
 //! reaches it but through the view that borrows it, and a block comes back for reuse only once
 //! that view has ended — but, unlike an unmapped view, a pointer kept past `SHUnlockShared` still
 //! reads the block (only ever the same process's blocks: see the pool for why).

@@ -61,7 +61,9 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
     let class = class_bytes(size);
     let mut contents = contents;
     if !frozen {
-        if let Some(pooled) = pool::take(class, target) {
+        // A fill function gets the block as `&mut [u8]`: only a block nobody else ever held.
+        let exclusive = matches!(contents, Contents::Filled(..));
+        if let Some(pooled) = pool::take(class, target, exclusive) {
             match from_pool(pooled, contents)? {
                 Ok(block) => return Ok((block, true)),
                 Err(unused) => contents = unused,

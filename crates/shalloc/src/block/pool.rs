@@ -224,6 +224,8 @@ pub(crate) struct Returning {
     pub lessee: u32,
     /// Whether it came back from a process that exited.
     pub orphan: bool,
+    /// The fork generation when the block came to this process.
+    pub generation: u64,
 }
 
 /// Keeps a returning block for a later allocation; closes it instead when the pool is off or it
@@ -237,13 +239,19 @@ pub(crate) fn put(block: Returning) {
         warm,
         lessee,
         orphan,
+        generation,
     } = block;
     let settings = settings();
     if len == 0 || dirty > settings.bytes {
         return;
     }
     let now = Instant::now();
+    received::drop_idle(now);
     let mut pool = lock_pool();
+    if generation != GENERATION.load(Ordering::SeqCst) {
+        // A fork since the block came (checked under the lock the fork takes): a child may hold it.
+        return;
+    }
     pool.drop_idle(now, settings.idle);
     if pool.blocks.len() >= MAX_BLOCKS || pool.bytes + dirty > settings.bytes {
         // Full: this one goes, not an older one (see the module's notes).
@@ -263,23 +271,29 @@ pub(crate) fn put(block: Returning) {
 }
 
 /// Takes the most recently kept block `len` bytes long (the warmest) that may go into the table
-/// of process `target` (0: our own): one nobody else held, or one only `target` held.
+/// of process `target` (0: our own): one nobody else held, or one only `target` held — only one
+/// nobody else held when `exclusive` (a block to be handed to a fill function as `&mut [u8]`).
 ///
 /// Or, for our own table, one whose only other holder exited with it clean (an orphan), and only
 /// while this process is dumpable. Its holder's heirs — a process it secretly passed the
 /// descriptor to, before it died — are then processes of our user, who may read all our memory
 /// through ptrace anyway (the access rule of our table is ptrace's), so they see nothing new. A
 /// process that made itself non-dumpable never reuses an orphan.
-pub(crate) fn take(len: u64, target: u32) -> Option<Pooled> {
+pub(crate) fn take(len: u64, target: u32, exclusive: bool) -> Option<Pooled> {
     if len == 0 || !enabled() {
         return None;
     }
+    let now = Instant::now();
+    received::drop_idle(now);
     let mut pool = lock_pool();
-    pool.drop_idle(Instant::now(), settings().idle);
+    pool.drop_idle(now, settings().idle);
     let mut dumpable = None;
     let at = pool.blocks.iter().rposition(|b| {
         if b.len != len {
             return false;
+        }
+        if exclusive {
+            return b.lessee == 0 && !b.orphan;
         }
         if b.orphan {
             target == 0 && *dumpable.get_or_insert_with(is_dumpable)

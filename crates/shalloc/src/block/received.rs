@@ -15,8 +15,11 @@
 //! drops them all.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
+
+use shalloc_protocol::channel;
+use shalloc_protocol::wire::TAG_WANTS_RETURN;
 
 use super::mapping::{Mapping, pages};
 use super::pool;
@@ -94,30 +97,65 @@ impl Received {
     }
 }
 
-/// Keeps `mapping` of the block `fd`, which we are giving back to its maker over `channel`.
-pub(crate) fn keep(channel: &Arc<OwnedFd>, fd: OwnedFd, mapping: Mapping) {
-    let cap = pool::byte_cap();
-    let Some(id) = id_of(fd.as_fd()) else {
-        return;
-    };
-    let bytes = mapping.len() as u64;
-    if bytes > cap {
+/// Whether `kcmp` can compare our descriptors (not under a seccomp filter that denies it, nor on a
+/// kernel without it): without it nothing is kept, as nothing could be found again.
+fn kcmp_works(fd: BorrowedFd<'_>) -> bool {
+    static WORKS: OnceLock<bool> = OnceLock::new();
+    *WORKS.get_or_init(|| same_file(fd, fd))
+}
+
+/// Drops what was kept longer than the pool's idle time (called by every call that touches the
+/// pool, so an idle mapping goes on the process's next allocation or release).
+pub(crate) fn drop_idle(now: Instant) {
+    let mut kept = lock_received();
+    if !kept.0.is_empty() {
+        kept.drop_idle(now);
+    }
+}
+
+/// Gives the block delivered under (`handle`, `tag`) over `channel` back to its sender, if it
+/// asked for it back ([`TAG_WANTS_RETURN`]) and no fork happened since the block came
+/// (`generation`), keeping `mapping` of it (and the descriptor, to recognise it) for when it comes
+/// back. All under this module's lock, which a fork takes first: a fork cannot slip in between the
+/// check and the return.
+pub(crate) fn give_back(
+    channel: &Arc<OwnedFd>,
+    fd: OwnedFd,
+    mapping: Option<Mapping>,
+    (handle, tag): (u32, u32),
+    generation: u64,
+) {
+    if tag & TAG_WANTS_RETURN == 0 {
         return;
     }
+    let cap = pool::byte_cap();
     let now = Instant::now();
     let mut kept = lock_received();
-    kept.drop_idle(now);
-    if kept.0.len() >= MAX_KEPT || kept.bytes() + bytes > cap {
-        // Full: this one goes, not an older one, as in the pool.
+    if generation != pool::generation() {
         return;
     }
-    kept.0.push(Kept {
-        channel: Arc::clone(channel),
-        fd,
-        id,
-        mapping,
-        since: now,
+    kept.drop_idle(now);
+    let keep = mapping.filter(|m| {
+        m.len() as u64 <= cap
+            && kept.0.len() < MAX_KEPT
+            && kept.bytes() + m.len() as u64 <= cap
+            && kcmp_works(fd.as_fd())
     });
+    let id = keep.as_ref().and_then(|_| id_of(fd.as_fd()));
+    if let (Some(mapping), Some(id)) = (keep, id) {
+        kept.0.push(Kept {
+            channel: Arc::clone(channel),
+            fd,
+            id,
+            mapping,
+            since: now,
+        });
+    }
+    // If the sender cannot take it now, it simply never recycles the block, nor any other of
+    // that channel's: what we kept of them goes too.
+    if !channel::give_back(channel.as_fd(), handle, tag) {
+        kept.0.retain(|k| !Arc::ptr_eq(&k.channel, channel));
+    }
 }
 
 /// The mapping we kept of `fd`'s block, if we kept one of `size` bytes (in pages); one of another

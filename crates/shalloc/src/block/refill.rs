@@ -73,9 +73,9 @@ pub(crate) fn refill(pooled: &mut Pooled, contents: Contents<'_>) -> Result<()> 
             match mapping.as_mut() {
                 Some(mapping) if mapping.len() >= len => {
                     // SAFETY: the kept mapping is read/write and at least `len` long; the block is
-                    // in the pool's hands alone (no view of it is live, and the one process that
-                    // may have held it besides us returned it), so nothing else refers to it while
-                    // `fill` runs, and the slice does not outlive this arm.
+                    // in the pool's hands alone: no view of it is live, and no other process ever
+                    // held it (fill functions get only such blocks, see `pool::take`), so nothing
+                    // else refers to it while `fill` runs; the slice does not outlive this arm.
                     let bytes = unsafe { mapping.bytes_mut(len) };
                     bytes[..old].fill(0);
                     fill(bytes);

@@ -18,7 +18,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags};
 use shalloc_protocol::channel::{self, Back};
-use shalloc_protocol::wire::{Delivery, Reply, Request, lease_values};
+use shalloc_protocol::wire::{Delivery, Reply, Request, TAG_WANTS_RETURN, lease_values};
 
 use super::Failed;
 use super::connection::{CallError, Connection};
@@ -227,7 +227,9 @@ impl Connection {
         lease.take_returns();
         // Before it goes: from the moment it is on the channel, the target may return it.
         block.lend_to(pid);
-        let tag = lease.next_tag;
+        // Numbered, and marked for return when the block may be recycled at all.
+        let wanted = if pool::enabled() { TAG_WANTS_RETURN } else { 0 };
+        let tag = (lease.next_tag & !TAG_WANTS_RETURN) | wanted;
         let delivery = Delivery {
             handle,
             tag,
@@ -235,7 +237,7 @@ impl Connection {
         };
         match channel::send(lease.channel.as_fd(), delivery, block.fd()) {
             Ok(()) => {
-                lease.next_tag = tag.wrapping_add(1);
+                lease.next_tag = lease.next_tag.wrapping_add(1);
                 lease.keep_lent(handle, tag, block);
                 Ok(Some(handle))
             }

@@ -103,8 +103,14 @@ impl OwnTable {
         };
         conn.attached = true;
         let id = identity(&fd).map_err(|e| CallError::Protocol(e.to_string()))?;
-        if let Some(table) = current.filter(|t| t.identity == id) {
-            return Ok(table);
+        if let Some(table) = current {
+            if table.identity == id {
+                return Ok(table);
+            }
+            // The old broker's table: its channels are gone, and what we kept of their blocks.
+            for channel in table.channels.values() {
+                block::received::forget_channel(channel);
+            }
         }
         let segment = Segment::map(&fd, capacity as usize, true)
             .map_err(|e| CallError::Protocol(format!("cannot map our table: {e}")))?;
