@@ -3,7 +3,7 @@
 
 use shalloc_protocol::listing::{BrokerStats, HandleEntry, Listing, RequestStats, TableEntry};
 use shalloc_protocol::wire::{
-    Delivery, MAX_FRAME, MAX_REASON, Reply, Request, Returned, UNASKED_ID, VERSION,
+    Delivery, MAX_FRAME, MAX_REASON, Orphaned, Reply, Request, Returned, UNASKED_ID, VERSION,
 };
 
 /// The length of a frame header (kind, flags, request id).
@@ -12,7 +12,7 @@ const HEADER: usize = 8;
 const REASON_AT: usize = HEADER + 8;
 
 /// Feeds `data` to [`Request::decode`], [`Reply::decode`], [`Delivery::decode`],
-/// [`Returned::decode`] and [`Listing::decode`].
+/// [`Returned::decode`], [`Orphaned::decode`] and [`Listing::decode`].
 ///
 /// None may panic, and:
 /// - a request that decodes re-encodes to exactly `data` (the format has one encoding per value:
@@ -22,7 +22,8 @@ const REASON_AT: usize = HEADER + 8;
 ///   stay within [`MAX_FRAME`], decode again, and be a fixed point of encode∘decode;
 /// - no frame is both a request and a reply (their kinds are disjoint);
 /// - a delivery (the frame between two clients) that decodes re-encodes to exactly `data`, and is
-///   neither a request nor a reply; so does a return (the frame back), which is none of the three;
+///   neither a request nor a reply; so do a return and an orphan notice (the frames back), each
+///   none of the others;
 /// - a listing that decodes survives `decode(encode(listing))`.
 pub fn check_decode(data: &[u8]) {
     let request = Request::decode(data);
@@ -74,11 +75,20 @@ pub fn check_decode(data: &[u8]) {
         assert!(request.is_err() && reply.is_err(), "{delivery:?}");
     }
 
-    if let Ok(returned) = Returned::decode(data) {
+    let returned = Returned::decode(data);
+    if let Ok(returned) = returned {
         assert_eq!(returned.encode().as_bytes(), data, "{returned:?}");
         assert!(
             request.is_err() && reply.is_err() && delivery.is_err(),
             "{returned:?}"
+        );
+    }
+
+    if let Ok(orphaned) = Orphaned::decode(data) {
+        assert_eq!(orphaned.encode().as_bytes(), data, "{orphaned:?}");
+        assert!(
+            request.is_err() && reply.is_err() && delivery.is_err() && returned.is_err(),
+            "{orphaned:?}"
         );
     }
 
@@ -309,6 +319,8 @@ pub fn decode_seeds() -> Vec<(String, Vec<u8>)> {
         tag: 9,
     };
     seeds.push(("returned".into(), returned.encode().as_bytes().to_vec()));
+    let orphaned = Orphaned { handle: 0x208 };
+    seeds.push(("orphaned".into(), orphaned.encode().as_bytes().to_vec()));
     seeds.push(("listing".into(), sample_listing().encode().into_bytes()));
     seeds
 }
