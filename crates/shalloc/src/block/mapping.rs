@@ -11,8 +11,9 @@
 //! of live blocks wait already). A forked child drops the pool's and the given-back ones it
 //! inherited at once, and the others with their blocks. It is not a view: nobody
 //! reaches it but through the view that borrows it, and a block comes back for reuse only once
-//! that view has ended — but, unlike an unmapped view, a pointer kept past `SHUnlockShared` still
-//! reads the block (only ever the same process's blocks: see the pool for why).
+//! that view has ended. Only Rust `View`s borrow it (a C view is unmapped at `SHUnlockShared`):
+//! safe code cannot use a `View`'s pointer after the drop; a raw pointer kept past it would still
+//! read the block, and only ever blocks this process may see (see the pool for why).
 
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;

@@ -71,7 +71,7 @@ pub(crate) fn refill(pooled: &mut Pooled, contents: Contents<'_>) -> Result<()> 
             let old = usize::try_from(stale.min(size)).unwrap_or(usize::MAX);
             let len = usize::try_from(size).unwrap_or(usize::MAX);
             match mapping.as_mut() {
-                Some(mapping) if mapping.len() >= len => {
+                Some(mapping) if mapping.writable() && mapping.len() >= len => {
                     // SAFETY: the kept mapping is read/write and at least `len` long; the block is
                     // in the pool's hands alone: no view of it is live, and no other process ever
                     // held it (fill functions get only such blocks, see `pool::take`), so nothing
