@@ -136,6 +136,10 @@ impl Broker {
         let table = self.tables.live(owner).ok_or_else(invalid)?;
         let (slot, state) = table.find(handle).ok_or_else(invalid)?;
         if let Some(block) = table.pending.get(&handle) {
+            // Leaves through the broker's own copy: marked, so that nobody ever takes it for a
+            // block only its owner held (the owner adopts it marked, and if the owner dies, the
+            // sender is not told it was clean).
+            table.segment.mark_exported(slot);
             return Ok(Rc::clone(block));
         }
         let State::Live { fd, .. } = state else {

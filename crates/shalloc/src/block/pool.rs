@@ -275,10 +275,11 @@ pub(crate) fn put(block: Returning) {
 /// nobody else held when `exclusive` (a block to be handed to a fill function as `&mut [u8]`).
 ///
 /// Or, for our own table, one whose only other holder exited with it clean (an orphan), and only
-/// while this process is dumpable. Its holder's heirs — a process it secretly passed the
-/// descriptor to, before it died — are then processes of our user, who may read all our memory
-/// through ptrace anyway (the access rule of our table is ptrace's), so they see nothing new. A
-/// process that made itself non-dumpable never reuses an orphan.
+/// while this process is dumpable. The dead holder ran as our user (it could be written to by us),
+/// so while we are dumpable it could have read all our memory through ptrace, and could have left
+/// a helper doing so; whatever it passed the descriptor to before it died sees nothing that such
+/// a helper could not (the access rule of our table is ptrace's). A process that made itself
+/// non-dumpable never reuses an orphan.
 pub(crate) fn take(len: u64, target: u32, exclusive: bool) -> Option<Pooled> {
     if len == 0 || !enabled() {
         return None;
