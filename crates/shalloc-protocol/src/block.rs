@@ -101,6 +101,15 @@ pub fn class_bytes(size: u64) -> u64 {
 /// Checks `fd` as a block of `size` bytes, no larger than `max`: `Ok(frozen)`, where a frozen block
 /// is also sealed against writing (`F_SEAL_WRITE`), so nobody may map it writable.
 pub fn check(fd: impl AsFd, size: u64, max: u64) -> Result<bool, NotABlock> {
+    check_and_identify(fd, size, max).map(|(frozen, _)| frozen)
+}
+
+/// As [`check`], also returning the memfd's (device, inode).
+pub fn check_and_identify(
+    fd: impl AsFd,
+    size: u64,
+    max: u64,
+) -> Result<(bool, (u64, u64)), NotABlock> {
     let fd = fd.as_fd();
     if size > max {
         return Err(NotABlock::TooLarge { size, max });
@@ -125,5 +134,5 @@ pub fn check(fd: impl AsFd, size: u64, max: u64) -> Result<bool, NotABlock> {
             claimed: size,
         });
     }
-    Ok(seals.contains(SealFlags::WRITE))
+    Ok((seals.contains(SealFlags::WRITE), (stat.st_dev, stat.st_ino)))
 }

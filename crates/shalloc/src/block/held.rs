@@ -9,22 +9,30 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use shalloc_protocol::wire::TAG_WANTS_RETURN;
+
 use super::mapping::{Mapping, pages};
 use super::pool::{self, Returning};
 use super::received;
+
+/// A block made here and never lent has no tag yet.
+pub(crate) const NO_TAG: u32 = u32::MAX;
 
 /// Where a block came from, which decides where it goes when the last reference drops.
 #[derive(Debug)]
 enum Origin {
     /// Made here. `lessee` is the one other process it was lent to (0: none): it may be reused
-    /// only for blocks that process may see anyway (see [`pool`]).
-    Here { lessee: AtomicU32 },
+    /// only for blocks that process may see anyway (see [`pool`]). `tag` names the memfd in its
+    /// deliveries ([`NO_TAG`] until it is first lent), the same each time it is lent again, so
+    /// that a receiver that kept its mapping finds it.
+    Here { lessee: AtomicU32, tag: AtomicU32 },
     /// Sent by another process over channel `channel` under `handle`, its delivery tagged `tag`:
-    /// given back to it.
+    /// given back to it. `id` is the memfd's (device, inode).
     Lent {
         channel: Arc<OwnedFd>,
         handle: u32,
         tag: u32,
+        id: (u64, u64),
     },
     /// Anything else (the broker sent it): closed.
     Foreign,
@@ -123,38 +131,57 @@ impl Block {
     }
 
     /// A block made by this process, `len` bytes long (frozen ones are never recycled);
-    /// `lessee` as [`Origin::Here`]; with the read/write mapping of its whole length it kept in
-    /// the pool, if any.
+    /// `lessee` and `tag` as [`Origin::Here`]; with the read/write mapping of its whole length it
+    /// kept in the pool, if any.
     pub fn made_here(
         fd: OwnedFd,
         (size, len): (u64, u64),
         frozen: bool,
-        lessee: u32,
+        (lessee, tag): (u32, u32),
         mapping: Option<Mapping>,
     ) -> Block {
-        let lessee = AtomicU32::new(lessee);
-        Block::new(fd, (size, len), frozen, Origin::Here { lessee }, mapping)
+        let origin = Origin::Here {
+            lessee: AtomicU32::new(lessee),
+            tag: AtomicU32::new(tag),
+        };
+        Block::new(fd, (size, len), frozen, origin, mapping)
     }
 
-    /// A block another process sent over `channel` under `handle`, tagged `tag` (with the
-    /// mapping we kept of it, if it is one we gave back before).
+    /// A block another process sent over `channel` under `handle`, tagged `tag`, whose memfd is
+    /// `id` (with the mapping we kept of it, if it is one we gave back before).
     pub fn lent(
         fd: OwnedFd,
         (size, frozen): (u64, bool),
         channel: Arc<OwnedFd>,
         (handle, tag): (u32, u32),
+        id: (u64, u64),
     ) -> Block {
         let mapping = if frozen {
             None
         } else {
-            received::find(fd.as_fd(), size)
+            received::find(&channel, tag, id, size)
         };
         let origin = Origin::Lent {
             channel,
             handle,
             tag,
+            id,
         };
         Block::new(fd, (size, size), frozen, origin, mapping)
+    }
+
+    /// The tag that names this block (made here) in its deliveries: the one it had, or a new one
+    /// the first time it is lent.
+    pub fn lend_tag(&self) -> u32 {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let new = NEXT.fetch_add(1, Ordering::Relaxed) & !TAG_WANTS_RETURN;
+        let Origin::Here { tag, .. } = &self.origin else {
+            return new;
+        };
+        match tag.compare_exchange(NO_TAG, new, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => new,
+            Err(had) => had,
+        }
     }
 
     /// A block the broker sent: never recycled here.
@@ -243,7 +270,7 @@ impl Block {
     /// come back, for `pid` only. A block made here and lent to a second process is not recycled.
     pub fn lend_to(&self, pid: u32) {
         match &self.origin {
-            Origin::Here { lessee } => {
+            Origin::Here { lessee, .. } => {
                 let before = lessee.swap(pid, Ordering::SeqCst);
                 if before != 0 && before != pid {
                     self.mark_exported();
@@ -267,8 +294,9 @@ impl Drop for Block {
         }
         // Where it goes checks the fork generation again, under the lock a fork takes first.
         match &self.origin {
-            Origin::Here { lessee } => {
+            Origin::Here { lessee, tag } => {
                 let lessee = lessee.load(Ordering::SeqCst);
+                let tag = tag.load(Ordering::SeqCst);
                 // The pages we wrote or reserved: its size, in pages.
                 let warm = pool::dirty_extent(self.size, self.len);
                 // A block that came back from another process: it may have written anywhere in
@@ -284,13 +312,22 @@ impl Drop for Block {
                     lessee: if orphan { 0 } else { lessee },
                     orphan,
                     generation: self.generation,
+                    // An orphan is never lent again to anyone who kept its mapping.
+                    tag: if orphan { NO_TAG } else { tag },
                 });
             }
             Origin::Lent {
                 channel,
                 handle,
                 tag,
-            } => received::give_back(channel, fd, mapping, (*handle, *tag), self.generation),
+                id,
+            } => received::give_back(
+                channel,
+                (fd, *id),
+                mapping,
+                (*handle, *tag),
+                self.generation,
+            ),
             Origin::Foreign => {}
         }
     }

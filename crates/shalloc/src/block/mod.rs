@@ -84,7 +84,13 @@ pub(crate) fn make(contents: Contents<'_>, frozen: bool, target: u32) -> Result<
             SealedBlock::finish(fd, contents, frozen, len)?
         }
     };
-    let block = Block::made_here(fresh.fd, (fresh.size, fresh.len), frozen, 0, None);
+    let block = Block::made_here(
+        fresh.fd,
+        (fresh.size, fresh.len),
+        frozen,
+        (0, held::NO_TAG),
+        None,
+    );
     if !recycling {
         // Made with recycling off (perhaps for this thread only): never kept.
         block.mark_exported();
@@ -124,7 +130,7 @@ fn from_pool(
         pooled.fd,
         (size, pooled.len),
         false,
-        pooled.lessee,
+        (pooled.lessee, pooled.tag),
         pooled.mapping,
     )))
 }

@@ -60,6 +60,8 @@ pub(crate) struct Pooled {
     /// Whether it came back from a process that exited (see [`take`]): reused only for our own
     /// table, and only while we are dumpable.
     pub orphan: bool,
+    /// The tag that names it in deliveries (see [`Block`](super::held::Block)).
+    pub tag: u32,
     since: Instant,
 }
 
@@ -226,6 +228,8 @@ pub(crate) struct Returning {
     pub orphan: bool,
     /// The fork generation when the block came to this process.
     pub generation: u64,
+    /// The tag that names it in deliveries.
+    pub tag: u32,
 }
 
 /// Keeps a returning block for a later allocation; closes it instead when the pool is off or it
@@ -240,6 +244,7 @@ pub(crate) fn put(block: Returning) {
         lessee,
         orphan,
         generation,
+        tag,
     } = block;
     let settings = settings();
     if len == 0 || dirty > settings.bytes {
@@ -266,6 +271,7 @@ pub(crate) fn put(block: Returning) {
         mapping,
         lessee,
         orphan,
+        tag,
         since: now,
     });
 }

@@ -4,18 +4,21 @@
 //! A block another process lent us over its channel goes back to it once closed and unmapped
 //! here, and it reuses the block only for blocks it puts into our table (see the pool). So the
 //! next time it arrives, it is very likely one we had: keeping our mapping of it (and the
-//! descriptor, to recognise it) saves mapping it again and faulting its pages in. Nothing shows
-//! through that we could not see anyway: the block is reused only for our own table.
+//! descriptor, which keeps the memfd and its inode number ours) saves mapping it again and
+//! faulting its pages in. Nothing shows through that we could not see anyway: the block is reused
+//! only for our own table.
 //!
-//! A descriptor that arrives is matched by inode first, then by `kcmp(KCMP_FILE)`: the same open
-//! file, not merely the same inode number. Bounded as the pool is: at most [`MAX_KEPT`] blocks
-//! and the pool's byte cap (a newcomer to a full cache is let go, not an older mapping), and a
-//! mapping unused for the pool's idle time is dropped on the next
-//! call that touches these; those of a channel that closed go at once; [`crate::pool::trim`]
+//! A block that arrives is matched by its channel, the tag its sender gives that memfd in every
+//! delivery, and its inode: the sender reuses it under the same tag, and a sender that lies
+//! (another memfd under a tag we kept) is caught by the inode, or at worst — an inode number that
+//! came round again while we kept the old memfd — shows us its own earlier bytes. Bounded as the
+//! pool is: at most [`MAX_KEPT`] blocks and the pool's byte cap (a newcomer to a full cache is let
+//! go, not an older mapping), and a mapping unused for the pool's idle time is dropped on the next
+//! call that touches the pool; those of a channel that closed go at once; [`crate::pool::trim`]
 //! drops them all.
 
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use shalloc_protocol::channel;
@@ -31,9 +34,12 @@ const MAX_KEPT: usize = 32;
 struct Kept {
     /// The channel the block came over (and went back over).
     channel: Arc<OwnedFd>,
-    fd: OwnedFd,
+    /// Its sender's tag for it (without [`TAG_WANTS_RETURN`]).
+    tag: u32,
     /// The memfd's (device, inode).
     id: (u64, u64),
+    /// Kept open, so that the memfd, and so its inode number, stays ours while we keep it.
+    _fd: OwnedFd,
     mapping: Mapping,
     since: Instant,
 }
@@ -46,27 +52,6 @@ static RECEIVED: Mutex<Received> = Mutex::new(Received(Vec::new()));
 
 pub(crate) fn lock_received() -> MutexGuard<'static, Received> {
     RECEIVED.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn id_of(fd: BorrowedFd<'_>) -> Option<(u64, u64)> {
-    rustix::fs::fstat(fd).ok().map(|s| (s.st_dev, s.st_ino))
-}
-
-/// Whether `a` and `b` are the same open file (`kcmp`; `false` when the kernel cannot say).
-fn same_file(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> bool {
-    const KCMP_FILE: libc::c_int = 0;
-    // SAFETY: kcmp only compares kernel objects of the given process (ours) and writes nothing.
-    let answer = unsafe {
-        libc::syscall(
-            libc::SYS_kcmp,
-            libc::getpid(),
-            libc::getpid(),
-            KCMP_FILE,
-            a.as_raw_fd() as libc::c_ulong,
-            b.as_raw_fd() as libc::c_ulong,
-        )
-    };
-    answer == 0
 }
 
 impl Received {
@@ -97,13 +82,6 @@ impl Received {
     }
 }
 
-/// Whether `kcmp` can compare our descriptors (not under a seccomp filter that denies it, nor on a
-/// kernel without it): without it nothing is kept, as nothing could be found again.
-fn kcmp_works(fd: BorrowedFd<'_>) -> bool {
-    static WORKS: OnceLock<bool> = OnceLock::new();
-    *WORKS.get_or_init(|| same_file(fd, fd))
-}
-
 /// Drops what was kept longer than the pool's idle time (called by every call that touches the
 /// pool, so an idle mapping goes on the process's next allocation or release).
 pub(crate) fn drop_idle(now: Instant) {
@@ -115,12 +93,12 @@ pub(crate) fn drop_idle(now: Instant) {
 
 /// Gives the block delivered under (`handle`, `tag`) over `channel` back to its sender, if it
 /// asked for it back ([`TAG_WANTS_RETURN`]) and no fork happened since the block came
-/// (`generation`), keeping `mapping` of it (and the descriptor, to recognise it) for when it comes
-/// back. All under this module's lock, which a fork takes first: a fork cannot slip in between the
-/// check and the return.
+/// (`generation`), keeping `mapping` of it (and `fd`, the descriptor of memfd `id`) for when it
+/// comes back. All under this module's lock, which a fork takes first: a fork cannot slip in
+/// between the check and the return.
 pub(crate) fn give_back(
     channel: &Arc<OwnedFd>,
-    fd: OwnedFd,
+    (fd, id): (OwnedFd, (u64, u64)),
     mapping: Option<Mapping>,
     (handle, tag): (u32, u32),
     generation: u64,
@@ -135,18 +113,15 @@ pub(crate) fn give_back(
         return;
     }
     kept.drop_idle(now);
-    let keep = mapping.filter(|m| {
-        m.len() as u64 <= cap
-            && kept.0.len() < MAX_KEPT
-            && kept.bytes() + m.len() as u64 <= cap
-            && kcmp_works(fd.as_fd())
-    });
-    let id = keep.as_ref().and_then(|_| id_of(fd.as_fd()));
-    if let (Some(mapping), Some(id)) = (keep, id) {
+    let fits = |bytes: u64| {
+        bytes <= cap && kept.0.len() < MAX_KEPT && kept.bytes().saturating_add(bytes) <= cap
+    };
+    if let Some(mapping) = mapping.filter(|m| fits(m.len() as u64)) {
         kept.0.push(Kept {
             channel: Arc::clone(channel),
-            fd,
+            tag: tag & !TAG_WANTS_RETURN,
             id,
+            _fd: fd,
             mapping,
             since: now,
         });
@@ -158,21 +133,21 @@ pub(crate) fn give_back(
     }
 }
 
-/// The mapping we kept of `fd`'s block, if we kept one of `size` bytes (in pages); one of another
-/// length is dropped.
-pub(crate) fn find(fd: BorrowedFd<'_>, size: u64) -> Option<Mapping> {
+/// The mapping we kept of the block that came over `channel` tagged `tag`, memfd `id`, if we kept
+/// one of `size` bytes (in pages); a kept one of another memfd or length under that tag is dropped.
+pub(crate) fn find(channel: &Arc<OwnedFd>, tag: u32, id: (u64, u64), size: u64) -> Option<Mapping> {
     let mut kept = lock_received();
     if kept.0.is_empty() {
         return None;
     }
     kept.drop_idle(Instant::now());
-    let id = id_of(fd)?;
+    let tag = tag & !TAG_WANTS_RETURN;
     let at = kept
         .0
         .iter()
-        .rposition(|k| k.id == id && same_file(k.fd.as_fd(), fd))?;
+        .rposition(|k| k.tag == tag && Arc::ptr_eq(&k.channel, channel))?;
     let found = kept.0.remove(at);
-    (found.mapping.len() as u64 == pages(size)).then_some(found.mapping)
+    (found.id == id && found.mapping.len() as u64 == pages(size)).then_some(found.mapping)
 }
 
 /// Drops what was kept of blocks that came over `channel`: its sender is gone, or no longer takes

@@ -53,8 +53,6 @@ struct Lease {
     values: Vec<u32>,
     /// The blocks lent, by handle and delivery tag.
     lent: Vec<(u32, u32, Arc<Block>)>,
-    /// The tag of the next delivery.
-    next_tag: u32,
 }
 
 impl Lease {
@@ -227,9 +225,10 @@ impl Connection {
         lease.take_returns();
         // Before it goes: from the moment it is on the channel, the target may return it.
         block.lend_to(pid);
-        // Numbered, and marked for return when the block may be recycled at all.
+        // Named by the block's own tag (the same each time it is lent again, so that a receiver
+        // that kept its mapping finds it), marked for return when the block may be recycled.
         let wanted = if pool::enabled() { TAG_WANTS_RETURN } else { 0 };
-        let tag = (lease.next_tag & !TAG_WANTS_RETURN) | wanted;
+        let tag = block.lend_tag() | wanted;
         let delivery = Delivery {
             handle,
             tag,
@@ -237,7 +236,6 @@ impl Connection {
         };
         match channel::send(lease.channel.as_fd(), delivery, block.fd()) {
             Ok(()) => {
-                lease.next_tag = lease.next_tag.wrapping_add(1);
                 lease.keep_lent(handle, tag, block);
                 Ok(Some(handle))
             }
@@ -325,7 +323,6 @@ impl Connection {
                 channel: sent,
                 values,
                 lent: Vec::new(),
-                next_tag: 0,
             },
             (None, None) => return Ok(false),
         };

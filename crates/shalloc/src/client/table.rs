@@ -61,6 +61,10 @@ pub(crate) enum Lookup {
     Closed,
 }
 
+/// A block taken off a channel into its slot: the delivery, its descriptor, (whether it is frozen,
+/// its memfd's (device, inode)), and the slot.
+type Placed = (Delivery, OwnedFd, (bool, (u64, u64)), usize);
+
 /// The own table.
 #[derive(Debug)]
 pub(crate) struct OwnTable {
@@ -296,23 +300,20 @@ impl OwnTable {
         if finished {
             self.close_channel(k);
         }
-        for (delivery, fd, frozen, slot) in taken {
+        for (delivery, fd, (frozen, id), slot) in taken {
             let Delivery { handle, tag, size } = delivery;
-            let lent = Block::lent(fd, (size, frozen), Arc::clone(&channel), (handle, tag));
+            let channel = Arc::clone(&channel);
+            let lent = Block::lent(fd, (size, frozen), channel, (handle, tag), id);
             self.keep(handle, Arc::new(lent), slot);
         }
     }
 
     /// Checks a block that came over channel `k` and makes its slot `Live` if the slot is reserved
     /// for that channel: what to keep, or `None` (the descriptor is closed).
-    fn place(
-        &self,
-        k: u32,
-        delivery: Delivery,
-        fd: OwnedFd,
-    ) -> Option<(Delivery, OwnedFd, bool, usize)> {
+    fn place(&self, k: u32, delivery: Delivery, fd: OwnedFd) -> Option<Placed> {
         let Delivery { handle, size, .. } = delivery;
-        let frozen = shalloc_protocol::block::check(&fd, size, self.max_block).ok()?;
+        let (frozen, id) =
+            shalloc_protocol::block::check_and_identify(&fd, size, self.max_block).ok()?;
         let slot = segment::slot_of(handle, self.segment.capacity())?;
         let raw = fd.as_raw_fd() as u32;
         let reserved = State::Reserved { handle, channel: k };
@@ -322,7 +323,7 @@ impl OwnTable {
         self.segment.set_info(slot, size, frozen);
         let live = State::Live { handle, fd: raw };
         self.segment.swap(slot, reserved, live).ok()?;
-        Some((delivery, fd, frozen, slot))
+        Some((delivery, fd, (frozen, id), slot))
     }
 
     /// What our table holds under `handle`.
