@@ -32,6 +32,7 @@ mod reopen;
 mod startup;
 mod state;
 mod tables;
+mod trim;
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;

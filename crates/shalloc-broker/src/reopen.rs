@@ -15,7 +15,7 @@
 //! access rule itself (or the table is the caller's own), so it raises the capability for the
 //! reopen alone when it holds it permitted.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -41,34 +41,37 @@ pub(crate) fn reopen(
         )),
         _ => Failure::invalid_handle(handle, owner.pid),
     };
+    let file = open_regular(owner, fd).map_err(gone)?;
+    Block::accept(file, size, max).map_err(|_| Failure::invalid_handle(handle, owner.pid))
+}
+
+/// Opens descriptor `fd` of `owner` again, read/write, if it is a regular file (`ESRCH` once the
+/// owner exited, `EINVAL` for anything else than a regular file).
+pub(crate) fn open_regular(owner: &Process, fd: u32) -> Result<OwnedFd, Errno> {
     let _raised = RaisedPtrace::raise();
     let dir = rustix::fs::open(
         format!("/proc/{}", owner.pid),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    )
-    .map_err(gone)?;
+    )?;
     if owner.has_exited() {
-        return Err(Failure::invalid_handle(handle, owner.pid));
+        return Err(Errno::SRCH);
     }
     let path = rustix::fs::openat(
         &dir,
         format!("fd/{fd}"),
         OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
-    )
-    .map_err(gone)?;
-    let stat = rustix::fs::fstat(&path).map_err(gone)?;
+    )?;
+    let stat = rustix::fs::fstat(&path)?;
     if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
-        return Err(Failure::invalid_handle(handle, owner.pid));
+        return Err(Errno::INVAL);
     }
-    let file = rustix::fs::open(
+    rustix::fs::open(
         format!("/proc/self/fd/{}", path.as_raw_fd()),
         OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
         Mode::empty(),
     )
-    .map_err(gone)?;
-    Block::accept(file, size, max).map_err(|_| Failure::invalid_handle(handle, owner.pid))
 }
 
 /// `CAP_SYS_PTRACE` in the effective set for as long as this lives, if it is permitted.

@@ -44,6 +44,10 @@ const RETRY_TICK: rustix::time::Timespec = rustix::time::Timespec {
     tv_nsec: 1_000_000,
 };
 
+/// How often the warm blocks that clients keep unused past their deadline are trimmed (and the
+/// longest the loop sleeps while any table exists).
+const TRIM_TICK: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// One client connection, and the process the kernel says is behind it.
 #[derive(Debug)]
 struct Connection {
@@ -91,6 +95,8 @@ pub(crate) struct Broker {
     ending: Vec<(u32, u32, std::time::Instant)>,
     /// Set while requests set aside are tried again (see `settle_reserved`).
     pub retrying: bool,
+    /// When the pools' idle blocks were last trimmed (see [`crate::trim`]).
+    last_trim: std::time::Instant,
 }
 
 /// Counters for `shalloc ls`.
@@ -164,6 +170,7 @@ impl Broker {
             parked: Vec::new(),
             ending: Vec::new(),
             retrying: false,
+            last_trim: std::time::Instant::now(),
         })
     }
 
@@ -209,12 +216,19 @@ impl Broker {
             events.clear();
             let idle = self.connections.is_empty() && self.tables.table_count() == 0;
             let waiting = !self.parked.is_empty() || !self.ending.is_empty();
+            let timespec = |d: std::time::Duration| rustix::time::Timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: i64::from(d.subsec_nanos()),
+            };
+            // Whether an empty wait means the broker was idle for its limit.
+            let mut idle_wait = false;
             let timeout = match self.config.idle_exit {
                 _ if waiting => Some(RETRY_TICK),
-                Some(limit) if idle => Some(rustix::time::Timespec {
-                    tv_sec: limit.as_secs() as i64,
-                    tv_nsec: i64::from(limit.subsec_nanos()),
-                }),
+                Some(limit) if idle => {
+                    idle_wait = true;
+                    Some(timespec(limit))
+                }
+                _ if self.tables.table_count() > 0 => Some(timespec(TRIM_TICK)),
                 _ => None,
             };
             match epoll::wait(
@@ -222,8 +236,7 @@ impl Broker {
                 rustix::buffer::spare_capacity(&mut events),
                 timeout.as_ref(),
             ) {
-                Ok(0) if waiting => {}
-                Ok(0) if timeout.is_some() => {
+                Ok(0) if idle_wait => {
                     log!(
                         self.log,
                         Info,
@@ -266,6 +279,22 @@ impl Broker {
             }
             if waiting {
                 self.retry_waiting();
+            }
+            if self.last_trim.elapsed() >= TRIM_TICK {
+                self.last_trim = std::time::Instant::now();
+                let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+                let now = u64::try_from(now.tv_sec)
+                    .unwrap_or(0)
+                    .saturating_mul(1_000_000_000)
+                    .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0));
+                let trimmed = crate::trim::trim_idle(&self.tables, now);
+                if trimmed > 0 {
+                    log!(
+                        self.log,
+                        Debug,
+                        "gave back the pages of {trimmed} idle pooled blocks"
+                    );
+                }
             }
             if self.stopping {
                 log!(

@@ -114,7 +114,7 @@ impl Table {
         use rustix::fs::SeekFrom;
         let mut found = Vec::new();
         let end = segment::segment_bytes(self.segment.capacity()) as u64;
-        let first_slot = segment::HEADER_BYTES as u64;
+        let first_slot = segment::SLOTS_AT as u64;
         let mut at = first_slot;
         let mut chunk = vec![0u8; 64 * 1024];
         while at < end {

@@ -11,10 +11,17 @@
 //! ```text
 //! offset 0:   header  capacity u64 | remote frees u64 | owner receiving u64 | owner forks u64
 //!                     | 32 bytes (0)
-//! offset 64:  slot i (16 bytes each): state u64 | info u64
+//! offset 64:  pool entry j (32 of them, 16 bytes each): state u64 | deadline u64
+//! offset 576: slot i (16 bytes each): state u64 | info u64
 //! state:      handle u32 (high half) | descriptor or channel u30 | status u2   (0 = empty)
 //! info:       frozen (bit 63) | exported (bit 62) | block size (62 bits)
 //! ```
+//!
+//! A pool entry shows the broker a warm block the owner keeps unused in its pool (see [`Pooled`]):
+//! past its deadline the broker punches its pages out, so an owner that makes no more calls still
+//! gives its pages back; the owner and the broker change the state word only by swap, so the
+//! owner never takes a block the broker is emptying. A scribbled entry can only make the broker
+//! punch holes in a sealed memfd of the owner's, which the owner could do itself.
 //!
 //! The info word gives a block's size (for listings, and for the broker's reopening of it, which
 //! checks it against the memfd) and one more fact: *exported*, set by the broker before it reopens
@@ -52,6 +59,12 @@ pub const HANDLE_STEP: u32 = 4;
 pub const HEADER_BYTES: usize = 64;
 /// One slot's size in bytes.
 pub const SLOT_BYTES: usize = 16;
+/// How many warm blocks of its pool the owner can show the broker (see [`Pooled`]).
+pub const POOL_ENTRIES: usize = 32;
+/// One pool entry's size in bytes: state u64 | deadline u64.
+pub const POOL_ENTRY_BYTES: usize = 16;
+/// Where the slots start, in bytes: after the header and the pool entries.
+pub const SLOTS_AT: usize = HEADER_BYTES + POOL_ENTRIES * POOL_ENTRY_BYTES;
 /// The most slots a segment may have (a table of more handles than this is refused).
 pub const MAX_CAPACITY: usize = 1 << 20;
 
@@ -67,7 +80,7 @@ const SIZE_MASK: u64 = EXPORTED_BIT - 1;
 
 /// The bytes a segment of `capacity` slots occupies.
 pub fn segment_bytes(capacity: usize) -> usize {
-    HEADER_BYTES + capacity * SLOT_BYTES
+    SLOTS_AT + capacity * SLOT_BYTES
 }
 
 /// Whether `value` is a possible handle value.
@@ -192,6 +205,52 @@ unsafe impl Send for Segment {}
 // SAFETY: as above; every access through `&Segment` is an atomic operation.
 unsafe impl Sync for Segment {}
 
+/// A pool entry's state: a warm block its owner keeps (in its own process's pool) and shows the
+/// broker, so that the broker can give the block's pages back once the owner left it unused past
+/// a deadline — also when the owner makes no call at all (no thread of ours runs in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooled {
+    /// Nothing.
+    Empty,
+    /// The owner keeps the block as descriptor `fd`, unused.
+    Kept {
+        /// The owner's descriptor.
+        fd: u32,
+    },
+    /// The broker is giving its pages back.
+    Trimming {
+        /// The owner's descriptor.
+        fd: u32,
+    },
+    /// The broker gave its pages back: it reads as zeros, and its pages are holes.
+    Trimmed {
+        /// The owner's descriptor.
+        fd: u32,
+    },
+}
+
+impl Pooled {
+    fn encode(self) -> u64 {
+        let (fd, status) = match self {
+            Pooled::Empty => return 0,
+            Pooled::Kept { fd } => (fd, 1),
+            Pooled::Trimming { fd } => (fd, 2),
+            Pooled::Trimmed { fd } => (fd, 3),
+        };
+        (u64::from(fd) << 2) | status
+    }
+
+    fn decode(word: u64) -> Pooled {
+        let fd = (word >> 2) as u32;
+        match word & 0b11 {
+            1 => Pooled::Kept { fd },
+            2 => Pooled::Trimming { fd },
+            3 => Pooled::Trimmed { fd },
+            _ => Pooled::Empty,
+        }
+    }
+}
+
 impl Segment {
     /// Maps the segment behind `fd`, which must be at least [`segment_bytes`]`(capacity)` long and
     /// sealed against shrinking (the broker checks both on the memfds it makes; a client trusts
@@ -252,7 +311,7 @@ impl Segment {
     }
 
     fn slot_word(&self, slot: usize, field: usize) -> Option<&AtomicU64> {
-        (slot < self.capacity).then(|| self.word(HEADER_BYTES + slot * SLOT_BYTES + field * 8))
+        (slot < self.capacity).then(|| self.word(SLOTS_AT + slot * SLOT_BYTES + field * 8))
     }
 
     /// The state of `slot` (`Empty` past the end).
@@ -345,6 +404,55 @@ impl Segment {
     /// Whether the owner may hold a block it took off a channel but has not put in its slot yet.
     pub fn receiving(&self) -> bool {
         self.word(16).load(Ordering::SeqCst) != 0
+    }
+
+    fn pool_word(&self, entry: usize, field: usize) -> Option<&AtomicU64> {
+        (entry < POOL_ENTRIES)
+            .then(|| self.word(HEADER_BYTES + entry * POOL_ENTRY_BYTES + field * 8))
+    }
+
+    /// Shows the broker pool entry `entry`: the owner keeps descriptor `fd`, unused, and the
+    /// broker may give its pages back after `deadline` (`CLOCK_MONOTONIC`, nanoseconds).
+    pub fn show_pooled(&self, entry: usize, fd: u32, deadline: u64) {
+        if let (Some(state), Some(when)) = (self.pool_word(entry, 0), self.pool_word(entry, 1)) {
+            when.store(deadline, Ordering::SeqCst);
+            state.store(Pooled::Kept { fd }.encode(), Ordering::SeqCst);
+        }
+    }
+
+    /// Pool entry `entry`: its state and its deadline.
+    pub fn pooled(&self, entry: usize) -> (Pooled, u64) {
+        match (self.pool_word(entry, 0), self.pool_word(entry, 1)) {
+            (Some(state), Some(when)) => (
+                Pooled::decode(state.load(Ordering::SeqCst)),
+                when.load(Ordering::SeqCst),
+            ),
+            _ => (Pooled::Empty, 0),
+        }
+    }
+
+    /// Swaps pool entry `entry` from `old` to `new` if it still holds `old`; otherwise returns
+    /// what it holds.
+    pub fn swap_pooled(&self, entry: usize, old: Pooled, new: Pooled) -> Result<(), Pooled> {
+        let Some(word) = self.pool_word(entry, 0) else {
+            return Err(Pooled::Empty);
+        };
+        word.compare_exchange(
+            old.encode(),
+            new.encode(),
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        )
+        .map(|_| ())
+        .map_err(Pooled::decode)
+    }
+
+    /// Empties pool entry `entry` whatever it holds (the owner does, before it closes the
+    /// descriptor or reuses the block).
+    pub fn clear_pooled(&self, entry: usize) -> Pooled {
+        self.pool_word(entry, 0).map_or(Pooled::Empty, |w| {
+            Pooled::decode(w.swap(Pooled::Empty.encode(), Ordering::SeqCst))
+        })
     }
 
     /// Writes the capacity into the header (the broker does, once).

@@ -20,7 +20,7 @@
 
 /// The protocol version spoken by this crate. The first frame on every connection is a
 /// [`Request::Hello`] carrying it; a broker that speaks another version refuses the connection.
-pub const VERSION: u32 = 5;
+pub const VERSION: u32 = 6;
 
 /// The largest frame either side ever sends. A receiver reads into a buffer one byte larger and
 /// treats anything that fills it as oversized.

@@ -143,7 +143,7 @@ fn own_table_states() -> Vec<State> {
     let capacity = unsafe { (*base).load(Ordering::Acquire) } as usize;
     (0..capacity)
         .map(|slot| {
-            let word = (segment::HEADER_BYTES + slot * segment::SLOT_BYTES) / 8;
+            let word = (segment::SLOTS_AT + slot * segment::SLOT_BYTES) / 8;
             // SAFETY: `slot` is below the capacity, so the word is inside the mapping.
             State::decode(unsafe { (*base.add(word)).load(Ordering::Acquire) })
         })

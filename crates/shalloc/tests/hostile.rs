@@ -379,7 +379,7 @@ fn a_table_its_owner_scribbled_on_hurts_only_its_owner() {
         let mut write = |state: &dyn Fn(u32) -> State| {
             value += 4;
             let slot = segment::slot_of(value, capacity).unwrap();
-            let word = (segment::HEADER_BYTES + slot * segment::SLOT_BYTES) / 8;
+            let word = (segment::SLOTS_AT + slot * segment::SLOT_BYTES) / 8;
             // SAFETY: `slot` is below the capacity, so the word is inside our segment mapping.
             unsafe { (*base.add(word)).store(state(value).encode(), Ordering::Release) };
             forged.push(value);

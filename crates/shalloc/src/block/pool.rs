@@ -22,7 +22,10 @@
 //! recycling off for a while on one thread, and [`trim`] gives everything back at once.
 
 use std::cell::Cell;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use shalloc_protocol::segment::{POOL_ENTRIES, Pooled as SegPooled, Segment};
 
 use super::mapping::Mapping;
 use super::received;
@@ -63,6 +66,8 @@ pub(crate) struct Pooled {
     /// The tag that names it in deliveries (see [`Block`](super::held::Block)).
     pub tag: u32,
     since: Instant,
+    /// The segment entry that shows it to the broker, if one does (see [`show`]).
+    shown: Option<(Arc<Segment>, usize)>,
 }
 
 /// The pool's contents, oldest first.
@@ -70,6 +75,8 @@ pub(crate) struct Pooled {
 pub(crate) struct Pool {
     blocks: Vec<Pooled>,
     bytes: u64,
+    /// The own table's segment, where pooled blocks are shown to the broker.
+    segment: Option<Arc<Segment>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -81,6 +88,7 @@ struct Settings {
 static POOL: Mutex<Pool> = Mutex::new(Pool {
     blocks: Vec::new(),
     bytes: 0,
+    segment: None,
 });
 
 /// Counts forks of this process (see [`after_fork`]).
@@ -187,29 +195,91 @@ pub(crate) fn dirty_extent(size: u64, len: u64) -> u64 {
 }
 
 impl Pool {
-    /// Takes the block at `at` out, keeping the count of written bytes.
+    /// Takes the block at `at` out, keeping the count of written bytes; its segment entry is
+    /// emptied (before its descriptor can be closed or the block reused).
     fn remove(&mut self, at: usize) -> Pooled {
-        let block = self.blocks.remove(at);
+        let mut block = self.blocks.remove(at);
         self.bytes -= block.dirty;
+        hide(&mut block);
         block
     }
 
     fn drop_idle(&mut self, now: Instant, idle: Duration) {
-        let stale = self
+        while self
             .blocks
-            .iter()
-            .take_while(|b| now.duration_since(b.since) >= idle)
-            .count();
-        for block in self.blocks.drain(..stale) {
-            self.bytes -= block.dirty;
+            .first()
+            .is_some_and(|b| now.duration_since(b.since) >= idle)
+        {
+            self.remove(0);
         }
     }
 
-    /// Forgets every block (closing its descriptor): after a fork, in the child, and for [`trim`].
+    /// Forgets every block (closing its descriptor), for [`trim`].
     pub fn clear(&mut self) -> usize {
-        self.bytes = 0;
-        self.blocks.drain(..).count()
+        let n = self.blocks.len();
+        while !self.blocks.is_empty() {
+            self.remove(0);
+        }
+        n
     }
+
+    /// Forgets every block in a forked child, without touching the segment (the child does not
+    /// have it: it is mapped `MADV_DONTFORK`).
+    fn clear_in_child(&mut self) {
+        for mut block in self.blocks.drain(..) {
+            if let Some((segment, _)) = block.shown.take() {
+                std::mem::forget(segment);
+            }
+        }
+        if let Some(segment) = self.segment.take() {
+            std::mem::forget(segment);
+        }
+        self.bytes = 0;
+    }
+}
+
+/// Shows `block`, just pooled, to the broker in a free entry of `segment`: past the idle time it
+/// may punch the block's pages out even if we make no call (see the broker's `trim`).
+fn show(pool: &Pool, segment: &Arc<Segment>, fd: &OwnedFd, idle: Duration) -> Option<usize> {
+    let used = |entry: usize| {
+        pool.blocks.iter().any(|b| {
+            b.shown
+                .as_ref()
+                .is_some_and(|(s, e)| *e == entry && Arc::ptr_eq(s, segment))
+        })
+    };
+    let entry = (0..POOL_ENTRIES).find(|&e| !used(e))?;
+    let raw = u32::try_from(fd.as_raw_fd()).ok()?;
+    let deadline =
+        monotonic_ns().saturating_add(u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX));
+    segment.show_pooled(entry, raw, deadline);
+    Some(entry)
+}
+
+/// Empties `block`'s segment entry, if it has one: from then on the broker leaves it alone. A
+/// block the broker emptied meanwhile comes back with no written bytes and no pages.
+fn hide(block: &mut Pooled) {
+    if let Some((segment, entry)) = block.shown.take() {
+        if let SegPooled::Trimmed { .. } = segment.clear_pooled(entry) {
+            block.dirty = 0;
+            block.warm = 0;
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds, the clock of the broker's deadlines.
+fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(now.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
+}
+
+/// Lets the pool show its blocks to the broker in `segment`, the own table's (when the table
+/// attaches; a new broker's segment replaces the old one's).
+pub(crate) fn attach_segment(segment: Arc<Segment>) {
+    lock_pool().segment = Some(segment);
 }
 
 /// A block on its way back to the pool.
@@ -263,6 +333,10 @@ pub(crate) fn put(block: Returning) {
         return;
     }
     pool.bytes += dirty;
+    let shown = pool
+        .segment
+        .clone()
+        .and_then(|segment| show(&pool, &segment, &fd, settings.idle).map(|e| (segment, e)));
     pool.blocks.push(Pooled {
         fd,
         len,
@@ -273,6 +347,7 @@ pub(crate) fn put(block: Returning) {
         orphan,
         tag,
         since: now,
+        shown,
     });
 }
 
@@ -295,7 +370,7 @@ pub(crate) fn take(len: u64, target: u32, exclusive: bool) -> Option<Pooled> {
     let mut pool = lock_pool();
     pool.drop_idle(now, settings().idle);
     let mut dumpable = None;
-    let at = pool.blocks.iter().rposition(|b| {
+    let mut fits = |b: &Pooled| {
         if b.len != len {
             return false;
         }
@@ -307,8 +382,26 @@ pub(crate) fn take(len: u64, target: u32, exclusive: bool) -> Option<Pooled> {
         } else {
             b.lessee == 0 || b.lessee == target
         }
-    })?;
-    Some(pool.remove(at))
+    };
+    // The warmest first; one the broker is emptying right now is passed over.
+    for at in (0..pool.blocks.len()).rev() {
+        if !fits(&pool.blocks[at]) {
+            continue;
+        }
+        if let Some((segment, entry)) = &pool.blocks[at].shown {
+            // Claimed by a swap, so that the broker cannot start emptying it from now on. One it
+            // emptied already (`Trimmed`) is taken as empty (see `hide`).
+            let fd = u32::try_from(pool.blocks[at].fd.as_raw_fd()).unwrap_or(u32::MAX);
+            let kept = SegPooled::Kept { fd };
+            if let Err(SegPooled::Trimming { .. }) =
+                segment.swap_pooled(*entry, kept, SegPooled::Empty)
+            {
+                continue;
+            }
+        }
+        return Some(pool.remove(at));
+    }
+    None
 }
 
 /// Whether this process may be read through ptrace by its user's other processes.
@@ -325,7 +418,7 @@ fn is_dumpable() -> bool {
 pub(crate) fn after_fork(pool: &mut Pool, received: &mut received::Received, in_child: bool) {
     GENERATION.fetch_add(1, Ordering::SeqCst);
     if in_child {
-        pool.clear();
+        pool.clear_in_child();
         received.clear();
     }
 }

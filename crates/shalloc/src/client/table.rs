@@ -68,7 +68,7 @@ type Placed = (Delivery, OwnedFd, (bool, (u64, u64)), usize);
 /// The own table.
 #[derive(Debug)]
 pub(crate) struct OwnTable {
-    segment: Segment,
+    segment: Arc<Segment>,
     /// The segment memfd's (device, inode): a broker that kept our table gives the same one back
     /// on a new connection; a new broker gives another, and the old table is gone with the old one.
     identity: (u64, u64),
@@ -118,6 +118,9 @@ impl OwnTable {
         }
         let segment = Segment::map(&fd, capacity as usize, true)
             .map_err(|e| CallError::Protocol(format!("cannot map our table: {e}")))?;
+        let segment = Arc::new(segment);
+        // The pool shows its warm blocks to the broker there (see `pool::show`).
+        block::pool::attach_segment(Arc::clone(&segment));
         Ok(OwnTable {
             segment,
             identity: id,
