@@ -34,23 +34,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/channel_frames.rs"]
+mod channel_frames;
 mod common;
 #[path = "common/procs.rs"]
 mod procs;
 #[path = "common/reliability_support.rs"]
 mod support;
 
+use channel_frames::{channel_end, outq, send_frame};
+#[path = "common/handoff_blocks.rs"]
+mod handoff_blocks;
+use handoff_blocks::{Memfd, check_view, handle, open_block, pattern, view_inode};
+
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::IoSlice;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::PathBuf;
 
 use common::TestEnv;
 use procs::{Child, End, fork_with_channel};
-use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix};
 use shalloc::pool::{POOL_IDLE_ENV, pooled, set_limit};
 use shalloc::{Handle, Pid, View};
 use shalloc_protocol::block::class_bytes;
@@ -63,8 +65,7 @@ use shalloc_protocol::wire::{MAX_FRAME, Returned, TAG_WANTS_RETURN};
 /// The size class every block of these tests is in (sizes from 56 KiB + 1 to 64 KiB).
 const CLASS: u64 = 64 << 10;
 
-/// What `/proc/self/fd/N` reads for a block's memfd (`memfd_create("shalloc")`).
-const BLOCK_LINK: &str = "/memfd:shalloc (deleted)";
+use handoff_blocks::BLOCK_LINK;
 
 /// The byte a lessee scribbles over its memfd before freeing it.
 const JUNK: u8 = 0xa5;
@@ -75,21 +76,6 @@ fn size_of(round: u64) -> u64 {
     let size = CLASS - (round * 7919) % 8_000;
     debug_assert_eq!(class_bytes(size), CLASS);
     size
-}
-
-/// The bytes of block `seed`: its seed first, then bytes that are never zero.
-fn pattern(seed: u64, size: u64) -> Vec<u8> {
-    let mut bytes: Vec<u8> = (0..size)
-        .map(|i| ((i.wrapping_mul(2_654_435_761).wrapping_add(seed * 77) >> 11) as u8) | 1)
-        .collect();
-    let head = seed.to_le_bytes();
-    let n = head.len().min(bytes.len());
-    bytes[..n].copy_from_slice(&head[..n]);
-    bytes
-}
-
-fn handle(raw: u64) -> Handle {
-    Handle::from_raw(u32::try_from(raw).unwrap()).expect("a handle is never 0")
 }
 
 /// Sets A's pool idle time to a minute and starts the broker from A (its start forks, which must
@@ -125,34 +111,6 @@ fn recv(end: &mut End, n: usize) -> Vec<u64> {
     support::recv_u64s(&mut end.r, n)
 }
 
-/// A block's memfd as this process holds it, opened again through `/proc/self/fd`.
-struct Memfd {
-    file: File,
-    ino: u64,
-    len: u64,
-}
-
-/// The block memfd with inode `ino` this process holds (for writing too when `write`).
-fn open_block(ino: u64, write: bool) -> Memfd {
-    let entries: Vec<PathBuf> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| Some(e.ok()?.path()))
-        .collect();
-    let path = entries
-        .into_iter()
-        .filter(|p| std::fs::read_link(p).is_ok_and(|t| t.as_os_str() == BLOCK_LINK))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.ino() == ino))
-        .unwrap_or_else(|| {
-            panic!(
-                "no block memfd with inode {ino} open here: {:?}",
-                support::fd_targets("self")
-            )
-        });
-    let file = File::options().read(true).write(write).open(&path).unwrap();
-    let len = file.metadata().unwrap().len();
-    Memfd { file, ino, len }
-}
-
 /// The inodes of the block memfds this process holds.
 fn block_inodes() -> HashSet<u64> {
     std::fs::read_dir("/proc/self/fd")
@@ -163,24 +121,6 @@ fn block_inodes() -> HashSet<u64> {
         .filter(|p| std::fs::read_link(p).is_ok_and(|t| t.as_os_str() == BLOCK_LINK))
         .filter_map(|p| Some(std::fs::metadata(p).ok()?.ino()))
         .collect()
-}
-
-/// The inode of the block a view shows (a view starts a mapping in `/proc/self/maps`).
-fn view_inode(view: &View) -> u64 {
-    support::inode_mapped_at(view.as_ptr() as usize).expect("a view's mapping in /proc/self/maps")
-}
-
-/// Fails unless `view` shows exactly block `seed`'s bytes.
-fn check_view(view: &View, seed: u64, size: u64, what: &str) {
-    assert_eq!(view.len() as u64, size, "{what}: size of block {seed}");
-    let got = view.to_vec();
-    let want = pattern(seed, size);
-    if let Some(at) = (0..got.len()).find(|&i| got[i] != want[i]) {
-        panic!(
-            "{what}: block {seed} shows {:#x} at {at}, expected {:#x}",
-            got[at], want[at]
-        );
-    }
 }
 
 /// Locks `h` in our own table, checks it is block `seed`, and checks through the descriptor that
@@ -387,76 +327,6 @@ fn alloc_block(seed: u64, to: Pid) -> Handle {
 // ---------------------------------------------------------------------------------------------
 // Forged frames, written by the lessee on its end of the channel
 // ---------------------------------------------------------------------------------------------
-
-/// The receiving end of the one channel into this process: its `SOCK_SEQPACKET` socket whose peer
-/// has no address (a socket pair's end; the broker connection's peer is the broker's socket path).
-fn channel_end() -> BorrowedFd<'static> {
-    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let link = std::fs::read_link(e.path()).ok()?;
-            link.to_str()?.starts_with("socket:").then_some(())?;
-            e.file_name().to_str()?.parse().ok()
-        })
-        .collect();
-    let ends: Vec<BorrowedFd<'static>> = fds
-        .into_iter()
-        // SAFETY: the descriptor is open (just listed) and this process never closes its sockets
-        // while the worker uses the result (the broker connection and channels live as long as
-        // the worker's shalloc client, which the worker never drops).
-        .map(|fd| unsafe { BorrowedFd::borrow_raw(fd) })
-        .filter(|fd| {
-            rustix::net::sockopt::socket_type(fd) == Ok(rustix::net::SocketType::SEQPACKET)
-        })
-        .filter(|fd| {
-            let peer = rustix::net::getpeername(fd).ok().flatten();
-            let path = peer.and_then(|a| SocketAddrUnix::try_from(a).ok()?.path().map(|_| ()));
-            path.is_none()
-        })
-        .collect();
-    assert_eq!(
-        ends.len(),
-        1,
-        "expected exactly one channel end: {:?}",
-        support::fd_targets("self")
-    );
-    ends[0]
-}
-
-/// The bytes sent on `sock` that its peer has not read yet (`SIOCOUTQ`).
-fn outq(sock: BorrowedFd<'_>) -> u64 {
-    let mut n: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ writes one int through the pointer, which points at `n`.
-    let r = unsafe {
-        libc::ioctl(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::TIOCOUTQ,
-            &mut n,
-        )
-    };
-    assert_eq!(r, 0, "ioctl(SIOCOUTQ): {}", std::io::Error::last_os_error());
-    u64::try_from(n).unwrap()
-}
-
-/// Sends one record of `bytes` with `fds` attached, without waiting: whether it went (`false`
-/// when the channel is full).
-fn send_frame(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> bool {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(8))];
-    let mut control = SendAncillaryBuffer::new(&mut space);
-    if !fds.is_empty() {
-        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
-    }
-    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
-    match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, flags) {
-        Ok(n) => {
-            assert_eq!(n, bytes.len());
-            true
-        }
-        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::NOBUFS) => false,
-        Err(e) => panic!("forging a frame: {e}"),
-    }
-}
 
 /// Writes forged frames on this process's channel end, the false return of `held` (a block this
 /// process still holds and maps) first: returns of values never lent (none of them a handle
