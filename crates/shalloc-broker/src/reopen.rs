@@ -45,8 +45,8 @@ pub(crate) fn reopen(
     Block::accept(file, size, max).map_err(|_| Failure::invalid_handle(handle, owner.pid))
 }
 
-/// Opens descriptor `fd` of `owner` again, read/write, if it is a regular file (`ESRCH` once the
-/// owner exited, `EINVAL` for anything else than a regular file).
+/// Opens descriptor `fd` of `owner` again, read/write, if it is a memfd (`ESRCH` once the owner
+/// exited, `EINVAL` for anything else).
 pub(crate) fn open_regular(owner: &Process, fd: u32) -> Result<OwnedFd, Errno> {
     let _raised = RaisedPtrace::raise();
     let dir = rustix::fs::open(
@@ -56,6 +56,12 @@ pub(crate) fn open_regular(owner: &Process, fd: u32) -> Result<OwnedFd, Errno> {
     )?;
     if owner.has_exited() {
         return Err(Errno::SRCH);
+    }
+    // Blocks are memfds: anything else is refused before anything is asked of its file system
+    // (a FUSE file its owner serves could stall the broker). Reading the link asks nothing of it.
+    let link = rustix::fs::readlinkat(&dir, format!("fd/{fd}"), Vec::new())?;
+    if !link.as_bytes().starts_with(b"/memfd:") {
+        return Err(Errno::INVAL);
     }
     let path = rustix::fs::openat(
         &dir,

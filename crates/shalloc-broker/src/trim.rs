@@ -37,12 +37,18 @@ pub(crate) fn trim_idle(tables: &Tables, now: u64) -> usize {
             if deadline > now || table.segment.swap_pooled(entry, state, trimming).is_err() {
                 continue;
             }
-            trimmed += usize::from(punch(&table.process, &table.segment, entry, fd));
-            // Whatever happened, the block is not for us to try again; the client finds it
-            // `Trimmed` (and treats it as empty), or emptied the entry meanwhile.
-            let _ = table
-                .segment
-                .swap_pooled(entry, trimming, Pooled::Trimmed { fd });
+            if punch(&table.process, &table.segment, entry, fd) {
+                trimmed += 1;
+                // The client finds it `Trimmed` and refills it as empty (or emptied the entry
+                // meanwhile).
+                let _ = table
+                    .segment
+                    .swap_pooled(entry, trimming, Pooled::Trimmed { fd });
+            } else {
+                // Untouched: `Kept` again, its pages as they were, and never tried again.
+                table.segment.postpone_pooled(entry, u64::MAX);
+                let _ = table.segment.swap_pooled(entry, trimming, state);
+            }
         }
     }
     trimmed

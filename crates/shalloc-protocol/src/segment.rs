@@ -420,6 +420,14 @@ impl Segment {
         }
     }
 
+    /// Moves pool entry `entry`'s deadline to `deadline` (the broker does, for a block it could
+    /// not trim: never again).
+    pub fn postpone_pooled(&self, entry: usize, deadline: u64) {
+        if let Some(when) = self.pool_word(entry, 1) {
+            when.store(deadline, Ordering::SeqCst);
+        }
+    }
+
     /// Pool entry `entry`: its state and its deadline.
     pub fn pooled(&self, entry: usize) -> (Pooled, u64) {
         match (self.pool_word(entry, 0), self.pool_word(entry, 1)) {

@@ -312,6 +312,11 @@ pub fn map_handle(handle: Handle, from: Pid, to: Pid) -> Result<Handle> {
             // A second handle to the same block, held once.
             return table.insert(conn, &block, deadline);
         }
+        // A block another process put into our table leaves us for another table: marked first,
+        // so that nobody ever takes it for a block only we held.
+        if !block.is_made_here() {
+            table.mark_exported(&block);
+        }
         send_into(conn, &block, to, deadline)
     })
 }

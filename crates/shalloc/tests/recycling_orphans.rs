@@ -138,6 +138,7 @@ const CHECK_UNLOCK: u64 = 4; // handle, seed, size → 0 (checked, then the view
 const FORK: u64 = 5; // → the child's exit code (a child that exits at once)
 const FORGE_ORPHANED: u64 = 6; // handle → whether the frame went
 const OUTQ: u64 = 7; // → bytes B sent on its channel end that A has not read yet
+const MAP_TO: u64 = 9; // handle, target pid → the new handle in the target's table
 const EXIT: u64 = 8;
 
 const READY: u64 = 0xbeef;
@@ -206,6 +207,12 @@ fn worker(mut end: End) -> i32 {
             OUTQ => {
                 let outq = outq(channel_end());
                 send(&mut end, &[outq]);
+            }
+            MAP_TO => {
+                let a = recv(&mut end, 2);
+                let to = Pid::from_raw(u32::try_from(a[1]).unwrap());
+                let new = shalloc::map_handle(handle(a[0]), Pid::current(), to).unwrap();
+                send(&mut end, &[u64::from(new.as_raw())]);
             }
             EXIT => return 0,
             other => panic!("worker: unknown command {other}"),
@@ -284,6 +291,15 @@ impl Worker {
     fn outq(&mut self) -> u64 {
         send(&mut self.end, &[OUTQ]);
         recv(&mut self.end, 1)[0]
+    }
+
+    /// Has the worker duplicate its handle `h` into `to`'s table (`SHMapHandle`): the new handle.
+    fn map_to(&mut self, h: Handle, to: Pid) -> Handle {
+        send(
+            &mut self.end,
+            &[MAP_TO, u64::from(h.as_raw()), u64::from(to.as_raw())],
+        );
+        handle(recv(&mut self.end, 1)[0])
     }
 
     /// SIGKILLs the worker, reaps it (`waitpid`), and waits until the broker no longer lists a
@@ -536,6 +552,37 @@ fn a_block_a_third_process_locked_through_the_dead_lessees_table_is_never_reused
     );
     // C's view still shows its block: nothing was written into it.
     c.check_unlock(h0, seed0);
+    free_own(own);
+    c.finish();
+}
+
+/// Fails if a block the lessee passed on to another table itself (`SHMapHandle`, straight over its
+/// own channel to C) is called clean when the lessee dies: A would write its own data into memory
+/// C holds a handle to (found by review: only the broker's reopening marked a slot exported).
+#[test]
+fn a_block_the_lessee_passed_on_to_another_table_is_never_reused() {
+    const ROUNDS: u64 = 6 * K;
+    let _env = TestEnv::new();
+    start();
+    let mut b = Worker::start();
+    let mut c = Worker::start();
+    let given = hand_over(&mut b, 0..K);
+    let (h0, seed0, x) = given[0];
+    let in_c = b.map_to(h0, c.pid);
+    assert_eq!(c.lock_keep(in_c, seed0), x, "C got another block");
+    let others: HashSet<u64> = given[1..].iter().map(|g| g.2).collect();
+    b.kill();
+
+    let (own, inodes) = own_rounds(100, ROUNDS, &HashSet::new());
+    assert!(
+        !inodes.contains(&x),
+        "A reused memfd {x}, which B passed on to C's table: {inodes:?}"
+    );
+    assert!(
+        inodes.iter().any(|i| others.contains(i)),
+        "none of B's other blocks came back either, so the check above proves nothing: {inodes:?}"
+    );
+    c.check_unlock(in_c, seed0);
     free_own(own);
     c.finish();
 }

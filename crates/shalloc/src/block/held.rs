@@ -239,6 +239,11 @@ impl Block {
         !self.exported.load(Ordering::SeqCst) && self.generation == pool::generation()
     }
 
+    /// Whether this process made the block.
+    pub fn is_made_here(&self) -> bool {
+        matches!(self.origin, Origin::Here { .. })
+    }
+
     /// The descriptor.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -77,6 +77,8 @@ pub(crate) struct Pool {
     bytes: u64,
     /// The own table's segment, where pooled blocks are shown to the broker.
     segment: Option<Arc<Segment>>,
+    /// The process the pool belongs to (0 before its first use).
+    owner: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -89,6 +91,7 @@ static POOL: Mutex<Pool> = Mutex::new(Pool {
     blocks: Vec::new(),
     bytes: 0,
     segment: None,
+    owner: 0,
 });
 
 /// Counts forks of this process (see [`after_fork`]).
@@ -136,7 +139,19 @@ pub fn set_limit(bytes: Option<u64>) {
 }
 
 pub(crate) fn lock_pool() -> MutexGuard<'static, Pool> {
-    POOL.lock().unwrap_or_else(PoisonError::into_inner)
+    let mut pool = POOL.lock().unwrap_or_else(PoisonError::into_inner);
+    let me = crate::own_pid::get();
+    if pool.owner != me {
+        if pool.owner != 0 {
+            // A child made without `fork()`'s handlers (a raw `clone`): what it inherited points
+            // into the parent's segment, which it does not have, and may be held by the parent.
+            GENERATION.fetch_add(1, Ordering::SeqCst);
+            pool.clear_in_child();
+            received::lock_received().clear();
+        }
+        pool.owner = me;
+    }
+    pool
 }
 
 /// The cap on bytes kept (0: recycling is off).
@@ -279,7 +294,24 @@ fn monotonic_ns() -> u64 {
 /// Lets the pool show its blocks to the broker in `segment`, the own table's (when the table
 /// attaches; a new broker's segment replaces the old one's).
 pub(crate) fn attach_segment(segment: Arc<Segment>) {
-    lock_pool().segment = Some(segment);
+    let idle = settings().idle;
+    let mut pool = lock_pool();
+    pool.segment = Some(Arc::clone(&segment));
+    // Blocks pooled under an old broker: shown to the new one instead.
+    for at in 0..pool.blocks.len() {
+        let stale = pool.blocks[at]
+            .shown
+            .as_ref()
+            .is_none_or(|(s, _)| !Arc::ptr_eq(s, &segment));
+        if !stale {
+            continue;
+        }
+        let dirty = pool.blocks[at].dirty;
+        hide(&mut pool.blocks[at]);
+        pool.bytes -= dirty - pool.blocks[at].dirty;
+        let entry = show(&pool, &segment, &pool.blocks[at].fd, idle);
+        pool.blocks[at].shown = entry.map(|e| (Arc::clone(&segment), e));
+    }
 }
 
 /// A block on its way back to the pool.
@@ -420,6 +452,7 @@ pub(crate) fn after_fork(pool: &mut Pool, received: &mut received::Received, in_
     if in_child {
         pool.clear_in_child();
         received.clear();
+        pool.owner = crate::own_pid::get();
     }
 }
 

@@ -390,6 +390,18 @@ impl OwnTable {
         Some(won)
     }
 
+    /// Marks every slot that holds `block` exported, before the block leaves this process for
+    /// another table: if we die holding it, the broker must not tell its sender it is clean (see
+    /// the broker's orphans), and we never give it back.
+    pub fn mark_exported(&self, block: &Arc<Block>) {
+        for held in self.held.values() {
+            if Arc::ptr_eq(&held.block, block) {
+                self.segment.mark_exported(held.slot);
+            }
+        }
+        block.mark_exported();
+    }
+
     /// Records that this process is forking: the child may hold every block of this table, so
     /// when we exit, the broker must not tell their senders they are clean.
     pub fn note_fork(&self) {
