@@ -100,6 +100,7 @@ const FORGE: u64 = 6; // held handle → frames sent, of which with descriptors
 const OUTQ: u64 = 7; // → bytes B sent on its channel end that A has not read yet
 const EXIT: u64 = 8;
 const FORGE_TAGS: u64 = 9; // held handle, first tag, count → returns sent
+const BLOCKS: u64 = 10; // inode → 512-byte blocks of the memfd we hold with that inode
 
 const READY: u64 = 0xbeef;
 
@@ -204,6 +205,11 @@ fn worker(mut end: End) -> i32 {
                 let (sent, with_fds) = forge(u32::try_from(held).unwrap());
                 send(&mut end, &[sent, with_fds]);
             }
+            BLOCKS => {
+                let ino = recv(&mut end, 1)[0];
+                let blocks = open_block(ino, false).file.metadata().unwrap().blocks();
+                send(&mut end, &[blocks]);
+            }
             FORGE_TAGS => {
                 let a = recv(&mut end, 3);
                 let held = u32::try_from(a[0]).unwrap();
@@ -296,6 +302,12 @@ impl Worker {
         send(&mut self.end, &[FORGE, u64::from(held.as_raw())]);
         let r = recv(&mut self.end, 2);
         (r[0], r[1])
+    }
+
+    /// The 512-byte blocks of the memfd with inode `ino` that the worker holds.
+    fn blocks(&mut self, ino: u64) -> u64 {
+        send(&mut self.end, &[BLOCKS, ino]);
+        recv(&mut self.end, 1)[0]
     }
 
     /// Has the worker send returns of `held` under tags `first..first + count`: how many went.
@@ -650,6 +662,37 @@ fn a_return_under_another_tag_frees_nothing() {
         "the return under the block's true tag was not believed"
     );
     b.free(held);
+    b.finish();
+}
+
+/// Fails if a block that came back from B is let go with its pages while B keeps a mapping of it
+/// for its return: B would keep the pages alive until its next call.
+#[test]
+fn a_returned_block_let_go_takes_its_pages_with_it() {
+    let _env = TestEnv::new();
+    start();
+    let mut b = Worker::start();
+    let mut inodes = HashSet::new();
+    for round in 0..6 {
+        let h = alloc_block(round, b.pid);
+        inodes.insert(b.round(h, round, false).0);
+    }
+    // The last one B got is still in B's keeping (its mapping kept for the block's return).
+    let h = alloc_block(100, b.pid);
+    let (kept, _) = b.round(h, 100, false);
+    // One more send reads B's last return, so that every block is back in our pool.
+    let h = alloc_block(101, b.pid);
+    b.round(h, 101, false);
+    assert!(
+        b.blocks(kept) > 0,
+        "B's kept memfd has no pages to begin with"
+    );
+    assert!(shalloc::pool::trim() > 0, "nothing was pooled");
+    assert_eq!(
+        b.blocks(kept),
+        0,
+        "a block let go still has its pages, held by B's kept mapping"
+    );
     b.finish();
 }
 

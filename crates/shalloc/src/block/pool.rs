@@ -12,7 +12,7 @@
 //! new bytes are those that may see them anyway.
 //!
 //! Bounded: at most [`MAX_BLOCKS`] blocks and `SHALLOC_POOL_BYTES` bytes of written pages (default
-//! 64 MiB; 0 turns recycling off). A block that comes back to a full pool is let go, not an older
+//! 256 MiB; 0 turns recycling off). A block that comes back to a full pool is let go, not an older
 //! one: a process that cycles through more blocks than fit then keeps reusing those that do, where
 //! putting out the oldest would miss every time (measured: 8 sizes of 2–16 MiB in turn ran 1.3×
 //! slower than fresh blocks that way). A block idle for `SHALLOC_POOL_IDLE_MS` (default 2000) is
@@ -38,8 +38,10 @@ pub const POOL_BYTES_ENV: &str = "SHALLOC_POOL_BYTES";
 /// The environment variable that sets how long a pooled block may stay unused, in milliseconds.
 pub const POOL_IDLE_ENV: &str = "SHALLOC_POOL_IDLE_MS";
 
-/// The default cap on written bytes kept: 64 MiB.
-const DEFAULT_BYTES: u64 = 64 << 20;
+/// The default cap on written bytes kept: 256 MiB. Kept pages cost memory only while a process
+/// keeps using blocks of their size: unused past the idle time, they are given back (by the
+/// broker if the process makes no call).
+const DEFAULT_BYTES: u64 = 256 << 20;
 /// The default time a block may wait unused: 2 s.
 const DEFAULT_IDLE: Duration = Duration::from_secs(2);
 /// The most blocks kept (each is a descriptor of this process).
@@ -132,7 +134,8 @@ pub fn set_limit(bytes: Option<u64>) {
     let cap = settings().bytes;
     let mut pool = lock_pool();
     while (pool.bytes > cap || cap == 0) && !pool.blocks.is_empty() {
-        pool.remove(0);
+        let block = pool.remove(0);
+        discard(&block.fd, block.len, block.lessee);
     }
     drop(pool);
     received::lock_received().shrink_to(cap);
@@ -225,7 +228,8 @@ impl Pool {
             .first()
             .is_some_and(|b| now.duration_since(b.since) >= idle)
         {
-            self.remove(0);
+            let block = self.remove(0);
+            discard(&block.fd, block.len, block.lessee);
         }
     }
 
@@ -233,7 +237,8 @@ impl Pool {
     pub fn clear(&mut self) -> usize {
         let n = self.blocks.len();
         while !self.blocks.is_empty() {
-            self.remove(0);
+            let block = self.remove(0);
+            discard(&block.fd, block.len, block.lessee);
         }
         n
     }
@@ -279,6 +284,16 @@ fn hide(block: &mut Pooled) {
             block.dirty = 0;
             block.warm = 0;
         }
+    }
+}
+
+/// Before a block `len` long is let go: one that came back from `lessee` (not 0) has its pages
+/// punched out, since the lessee may keep a mapping of it for its return (see `received`), which
+/// would otherwise keep the pages alive until its next call.
+fn discard(fd: &OwnedFd, len: u64, lessee: u32) {
+    if lessee != 0 && len > 0 {
+        let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
+        let _ = rustix::fs::fallocate(fd, flags, 0, len);
     }
 }
 
@@ -350,6 +365,7 @@ pub(crate) fn put(block: Returning) {
     } = block;
     let settings = settings();
     if len == 0 || dirty > settings.bytes {
+        discard(&fd, len, lessee);
         return;
     }
     let now = Instant::now();
@@ -362,6 +378,8 @@ pub(crate) fn put(block: Returning) {
     pool.drop_idle(now, settings.idle);
     if pool.blocks.len() >= MAX_BLOCKS || pool.bytes + dirty > settings.bytes {
         // Full: this one goes, not an older one (see the module's notes).
+        drop(pool);
+        discard(&fd, len, lessee);
         return;
     }
     pool.bytes += dirty;
