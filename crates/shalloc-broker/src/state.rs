@@ -282,11 +282,7 @@ impl Broker {
             }
             if self.last_trim.elapsed() >= TRIM_TICK {
                 self.last_trim = std::time::Instant::now();
-                let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-                let now = u64::try_from(now.tv_sec)
-                    .unwrap_or(0)
-                    .saturating_mul(1_000_000_000)
-                    .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0));
+                let now = shalloc_protocol::segment::monotonic_ns();
                 let trimmed = crate::trim::trim_idle(&self.tables, now);
                 if trimmed > 0 {
                     log!(

@@ -205,6 +205,16 @@ unsafe impl Send for Segment {}
 // SAFETY: as above; every access through `&Segment` is an atomic operation.
 unsafe impl Sync for Segment {}
 
+/// `CLOCK_MONOTONIC` in nanoseconds: the clock of pool entries' deadlines, read by the owner that
+/// writes them and by the broker that compares them.
+pub fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(now.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
+}
+
 /// A pool entry's state: a warm block its owner keeps (in its own process's pool) and shows the
 /// broker, so that the broker can give the block's pages back once the owner left it unused past
 /// a deadline — also when the owner makes no call at all (no thread of ours runs in it).

@@ -25,7 +25,7 @@ use std::cell::Cell;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use shalloc_protocol::segment::{POOL_ENTRIES, Pooled as SegPooled, Segment};
+use shalloc_protocol::segment::{POOL_ENTRIES, Pooled as SegPooled, Segment, monotonic_ns};
 
 use super::mapping::Mapping;
 use super::received;
@@ -134,8 +134,7 @@ pub fn set_limit(bytes: Option<u64>) {
     let cap = settings().bytes;
     let mut pool = lock_pool();
     while (pool.bytes > cap || cap == 0) && !pool.blocks.is_empty() {
-        let block = pool.remove(0);
-        discard(&block.fd, block.len, block.lessee);
+        pool.evict_oldest();
     }
     drop(pool);
     received::lock_received().shrink_to(cap);
@@ -222,14 +221,19 @@ impl Pool {
         block
     }
 
+    /// Lets the oldest block go (see [`discard`]).
+    fn evict_oldest(&mut self) {
+        let block = self.remove(0);
+        discard(&block.fd, block.len, block.lessee);
+    }
+
     fn drop_idle(&mut self, now: Instant, idle: Duration) {
         while self
             .blocks
             .first()
             .is_some_and(|b| now.duration_since(b.since) >= idle)
         {
-            let block = self.remove(0);
-            discard(&block.fd, block.len, block.lessee);
+            self.evict_oldest();
         }
     }
 
@@ -237,8 +241,7 @@ impl Pool {
     pub fn clear(&mut self) -> usize {
         let n = self.blocks.len();
         while !self.blocks.is_empty() {
-            let block = self.remove(0);
-            discard(&block.fd, block.len, block.lessee);
+            self.evict_oldest();
         }
         n
     }
@@ -295,15 +298,6 @@ fn discard(fd: &OwnedFd, len: u64, lessee: u32) {
         let flags = rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE;
         let _ = rustix::fs::fallocate(fd, flags, 0, len);
     }
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds, the clock of the broker's deadlines.
-fn monotonic_ns() -> u64 {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    u64::try_from(now.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(now.tv_nsec).unwrap_or(0))
 }
 
 /// Lets the pool show its blocks to the broker in `segment`, the own table's (when the table
