@@ -134,8 +134,8 @@ pub(crate) struct Leases {
 
 impl Leases {
     /// Moves the lease of `pid`, whose target exited, to the dying ones if it lent anything
-    /// (dropping it otherwise), and reads what its channel has.
-    fn bury(&mut self, pid: u32) {
+    /// (dropping it otherwise).
+    fn move_to_dying(&mut self, pid: u32) {
         if let Some(lease) = self.by_pid.remove(&pid) {
             if !lease.lent.is_empty() {
                 if self.dying.len() >= MAX_DYING {
@@ -144,24 +144,41 @@ impl Leases {
                 self.dying.push(lease);
             }
         }
-        self.dying
-            .retain_mut(|lease| !(lease.lent.is_empty() || lease.take_returns()));
     }
 
-    /// Looks for targets that exited with blocks we lent them, and takes back what the broker
-    /// found clean (see [`Lease::take_returns`]). One `poll` per lease that lent something.
-    pub fn reap(&mut self) {
+    /// Reads what the dying leases' channels have; drops those with nothing left to come.
+    fn drain_dying(&mut self) {
+        self.dying.retain_mut(|lease| {
+            let finished = lease.take_returns();
+            !(finished || lease.lent.is_empty())
+        });
+    }
+
+    /// The lease of `pid`, whose target exited, goes (see [`Lease::take_returns`]).
+    fn bury(&mut self, pid: u32) {
+        self.move_to_dying(pid);
+        self.drain_dying();
+    }
+
+    /// Every lease whose target exited goes — with `lending_only`, only those that lent
+    /// something — and what the broker found clean comes back. One `poll` per lease looked at.
+    fn bury_exited(&mut self, lending_only: bool) {
         let gone: Vec<u32> = self
             .by_pid
             .iter()
-            .filter(|(_, lease)| !lease.lent.is_empty() && exited(lease.pidfd.as_fd()))
+            .filter(|(_, l)| (!lending_only || !l.lent.is_empty()) && exited(l.pidfd.as_fd()))
             .map(|(&pid, _)| pid)
             .collect();
         for pid in gone {
-            self.bury(pid);
+            self.move_to_dying(pid);
         }
-        self.dying
-            .retain_mut(|lease| !(lease.lent.is_empty() || lease.take_returns()));
+        self.drain_dying();
+    }
+
+    /// Looks for targets that exited with blocks we lent them, and takes back what the broker
+    /// found clean (see [`Lease::take_returns`]).
+    pub fn reap(&mut self) {
+        self.bury_exited(true);
     }
 }
 
@@ -296,16 +313,7 @@ impl Connection {
         }
         // Leases of processes that exited go now, so that their descriptors do not pile up; past
         // the cap, an arbitrary one goes too.
-        let gone: Vec<u32> = self
-            .leases
-            .by_pid
-            .iter()
-            .filter(|(_, lease)| exited(lease.pidfd.as_fd()))
-            .map(|(&pid, _)| pid)
-            .collect();
-        for gone in gone {
-            self.leases.bury(gone);
-        }
+        self.leases.bury_exited(false);
         if self.leases.by_pid.len() >= MAX_LEASES {
             if let Some(&victim) = self.leases.by_pid.keys().next() {
                 self.leases.by_pid.remove(&victim);
