@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use shalloc_protocol::segment::{POOL_ENTRIES, Pooled as SegPooled, Segment, monotonic_ns};
 
-use super::mapping::Mapping;
+use super::mapping::{Mapping, pages};
 use super::received;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
@@ -207,8 +207,7 @@ pub(crate) fn generation() -> u64 {
 /// The bytes of a block of `size` bytes (and `len` long) that a view may have written: its size
 /// rounded up to whole pages (a view maps whole pages).
 pub(crate) fn dirty_extent(size: u64, len: u64) -> u64 {
-    let page = rustix::param::page_size() as u64;
-    size.div_ceil(page).saturating_mul(page).min(len)
+    pages(size).min(len)
 }
 
 impl Pool {
