@@ -91,9 +91,10 @@ impl Table {
         let segment = &self.segment;
         self.leased_to.retain(|&handle, &mut k| {
             segment::slot_of(handle, segment.capacity()).is_some_and(|slot| {
-                matches!(segment.state(slot),
-                    State::Live { handle: h, .. } if h == handle)
-                    || segment.state(slot) == State::Reserved { handle, channel: k }
+                match segment.state(slot) {
+                    State::Live { handle: h, .. } => h == handle,
+                    state => state == State::Reserved { handle, channel: k },
+                }
             })
         });
         self.prune_at = (2 * self.leased_to.len()).max(PRUNE_FIRST);
