@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use arbitrary::Arbitrary;
 use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
+use shalloc_protocol::block::class_bytes;
 use shalloc_protocol::codes;
 use shalloc_protocol::wire::{Reply, Request, VERSION};
 
@@ -188,9 +189,12 @@ fn make_fd(desc: Desc, claimed: Option<u64>) -> (Option<OwnedFd>, Option<Block>)
             };
             let fd = memfd(size, seals, read_only);
             let sealed = seals & 7 == 7;
-            let valid = sealed && !read_only && Some(size) == claimed;
-            let block = valid.then_some(Block {
-                size,
+            // A memfd may be the claimed size or its class long (a recyclable block); the block's
+            // size is the claimed one either way.
+            let fits = claimed.filter(|&c| size == c || size == class_bytes(c));
+            let valid = sealed && !read_only && fits.is_some();
+            let block = fits.filter(|_| valid).map(|claimed| Block {
+                size: claimed,
                 frozen: seals & 8 != 0,
             });
             (Some(fd), block)
