@@ -228,17 +228,8 @@ fn is_mapped(addr: usize, len: usize) -> bool {
 /// before this process's first shalloc call, inherited by the children it forks).
 fn test_env() -> TestEnv {
     let env = TestEnv::new();
-    support::set_env(POOL_IDLE_ENV, "60000");
+    support::keep_pool_warm();
     env
-}
-
-/// Starts the broker (its start forks, which must come before any block exists) and checks that
-/// the pool starts empty. Returns our pid.
-fn start() -> Pid {
-    shalloc::broker_pid().unwrap();
-    assert_eq!(trim(), 0, "a new process has nothing pooled");
-    assert_eq!(pooled(), (0, 0));
-    Pid::current()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,7 +463,7 @@ fn scribble(view: &View, round: &Round) {
 #[test]
 fn a_recycled_own_block_is_refilled_and_shown_through_its_kept_mapping() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
     const C12: usize = 12 << 10; // an exact class: three pages
 
     let data = pattern(1, C12);
@@ -637,7 +628,7 @@ fn a_recycled_own_block_is_refilled_and_shown_through_its_kept_mapping() {
 #[test]
 fn two_live_views_of_one_block_are_two_mappings_of_the_same_bytes() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
     const SIZE: usize = 8_192;
     let mut data = pattern(1, SIZE);
     let h = alloc(&data, me).unwrap();
@@ -723,7 +714,7 @@ fn two_live_views_of_one_block_are_two_mappings_of_the_same_bytes() {
 #[test]
 fn a_read_only_view_of_an_own_block_never_shows_its_read_write_kept_mapping() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
     const SIZE: usize = 8_192;
 
     // Read-only first, on a fresh block: a fresh read-only mapping, unmapped at its end (an own
@@ -1173,7 +1164,7 @@ fn a_child_forked_by_a_receiver_drops_the_kept_mappings_it_inherits() {
 #[test]
 fn a_child_forked_by_a_maker_drops_its_kept_mappings_and_blocks_held_at_the_fork_are_not_reused() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
     let held_data = pattern(1, 8_192);
     let held = alloc(&held_data, me).unwrap();
     let (view, h) = lock_check(held, me, &held_data, Access::Write, "held block");

@@ -187,17 +187,8 @@ fn handle(raw: u32) -> Handle {
 /// a slow or loaded machine must not turn an expected reuse into a fresh block.
 fn test_env() -> TestEnv {
     let env = TestEnv::new();
-    support::set_env(POOL_IDLE_ENV, "60000");
+    support::keep_pool_warm();
     env
-}
-
-/// Starts the broker (its start forks, which must come before any block exists) and checks that
-/// the pool starts empty. Returns our pid.
-fn start() -> Pid {
-    shalloc::broker_pid().unwrap();
-    assert_eq!(trim(), 0, "a new process has nothing pooled");
-    assert_eq!(pooled(), (0, 0));
-    Pid::current()
 }
 
 /// Locks `h` in our table just long enough to learn its block's inode.
@@ -268,7 +259,7 @@ fn check_refilled(h: Handle, me: Pid, ino: u64, (size, value): (usize, u8), clas
 #[test]
 fn a_recycled_block_shows_zeros_past_its_data_through_a_view_and_through_its_descriptor() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
 
     // 12000 bytes of 0xAB, then 9000 bytes of 0x11: both of the 12 KiB class.
     let old = cycle(&[0xAB; 12_000], me);
@@ -342,7 +333,7 @@ fn a_recycled_block_shows_zeros_past_its_data_through_a_view_and_through_its_des
 #[test]
 fn a_block_still_mapped_here_is_not_reused_until_its_view_goes() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
 
     let first = alloc(&[0x61; 5_000], me).unwrap(); // the 8 KiB class
     let old_view = lock(first, me).unwrap();
@@ -395,7 +386,7 @@ fn a_block_still_mapped_here_is_not_reused_until_its_view_goes() {
 #[test]
 fn a_block_another_process_locked_through_our_table_is_never_reused() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
     const SIZE: usize = 8_000; // the 8 KiB class
 
     // The child is forked before the block exists: only the broker's reopening can taint it.
@@ -450,7 +441,7 @@ fn a_block_another_process_locked_through_our_table_is_never_reused() {
 #[test]
 fn a_block_alive_at_a_fork_is_never_reused() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
     const SIZE: usize = 8_000;
 
     let h = alloc(&[0x44; SIZE], me).unwrap();
@@ -557,7 +548,7 @@ fn send_later(end: &mut End, to: Pid, size: usize) -> u64 {
 fn a_block_sent_to_another_table_is_never_reused_for_another_and_a_kept_duplicate_sees_nothing_else()
  {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
     const ROUNDS: usize = 30;
 
     // Q gets a block through the broker (its table is not attached yet); such a block never comes
@@ -680,7 +671,7 @@ fn a_block_sent_to_another_table_is_never_reused_for_another_and_a_kept_duplicat
 #[test]
 fn the_pool_is_bounded_and_trim_gives_everything_back() {
     let _env = test_env();
-    let me = start();
+    let me = support::start_with_empty_pool();
 
     let handles: Vec<Handle> = (0..40u8).map(|i| alloc(&[i; 3_000], me).unwrap()).collect();
     let inodes: Vec<u64> = handles.iter().map(|&h| inode_of(h, me)).collect();
@@ -763,7 +754,7 @@ fn a_pool_off_by_environment_keeps_nothing() {
 
     // The control, in this process with the default settings: the same cycle makes a memfd a
     // class long, which comes back and is reused.
-    let me = start();
+    let me = support::start_with_empty_pool();
     let h = alloc(&[9; 100], me).unwrap();
     let memfd = only_block();
     assert_eq!(memfd.len, 4_096);
@@ -796,7 +787,7 @@ fn an_idle_pool_gives_its_blocks_back_on_the_next_call() {
     // The control, in this process (idle time 60 s, see `test_env`): the same wait and the same
     // call of another class leave the block in place — it is the idle time that gave the child's
     // block back, not the other class's allocation.
-    let me = start();
+    let me = support::start_with_empty_pool();
     let young = cycle(&[0x1D; 100], me);
     std::thread::sleep(Duration::from_millis(100));
     let h = alloc(&[0x2E; 5_000], me).unwrap();

@@ -53,7 +53,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 
 use common::TestEnv;
 use procs::{Child, End, fork_with_channel};
-use shalloc::pool::{POOL_IDLE_ENV, pooled, set_limit};
+use shalloc::pool::{pooled, set_limit};
 use shalloc::{Handle, Pid, View};
 use shalloc_protocol::block::class_bytes;
 use shalloc_protocol::wire::{MAX_FRAME, Returned, TAG_WANTS_RETURN};
@@ -78,12 +78,10 @@ fn size_of(round: u64) -> u64 {
     size
 }
 
-/// Sets A's pool idle time to a minute and starts the broker from A (its start forks, which must
-/// come before any block exists here). Call right after [`TestEnv::new`].
+/// Keeps this process's pool warm for a minute, starts the broker and checks the pool is empty.
 fn start() {
-    support::set_env(POOL_IDLE_ENV, "60000");
-    shalloc::broker_pid().unwrap();
-    assert_eq!(pooled(), (0, 0), "a new process has nothing pooled");
+    support::keep_pool_warm();
+    support::start_with_empty_pool();
 }
 
 // ---------------------------------------------------------------------------------------------

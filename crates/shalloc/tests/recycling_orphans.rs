@@ -64,7 +64,7 @@ use std::time::{Duration, Instant};
 use common::TestEnv;
 use procs::{Child, End, fork_with_channel};
 use rustix::process::DumpableBehavior;
-use shalloc::pool::{POOL_IDLE_ENV, pooled};
+use shalloc::pool::pooled;
 use shalloc::{Handle, Pid, View};
 use shalloc_protocol::block::class_bytes;
 use shalloc_protocol::wire::Orphaned;
@@ -90,12 +90,10 @@ fn size_of(seed: u64) -> u64 {
     size
 }
 
-/// Sets A's pool idle time to a minute and starts the broker from A (its start forks, which must
-/// come before any block exists here). Call right after [`TestEnv::new`].
+/// Keeps this process's pool warm for a minute, starts the broker and checks the pool is empty.
 fn start() {
-    support::set_env(POOL_IDLE_ENV, "60000");
-    shalloc::broker_pid().unwrap();
-    assert_eq!(pooled(), (0, 0), "a new process has nothing pooled");
+    support::keep_pool_warm();
+    support::start_with_empty_pool();
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,8 +27,23 @@ pub fn set_env(key: &str, value: &str) {
 /// Nanoseconds on `CLOCK_MONOTONIC`, which every process on the machine shares (unlike `Instant`,
 /// whose values cannot be sent to another process).
 pub fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    shalloc_protocol::segment::monotonic_ns()
+}
+
+/// Makes pooled and kept blocks count as idle only after a minute, in this process and the
+/// children it forks (call it before the first shalloc call: the pool reads its settings once), so
+/// that a slow or loaded machine does not turn an expected reuse into a fresh block.
+pub fn keep_pool_warm() {
+    set_env(shalloc::pool::POOL_IDLE_ENV, "60000");
+}
+
+/// Starts the broker (its start forks, which must come before any block exists) and checks that
+/// the pool starts empty. Returns our pid.
+pub fn start_with_empty_pool() -> shalloc::Pid {
+    shalloc::broker_pid().unwrap();
+    assert_eq!(shalloc::pool::trim(), 0, "a new process has nothing pooled");
+    assert_eq!(shalloc::pool::pooled(), (0, 0));
+    shalloc::Pid::current()
 }
 
 /// A few words of memory shared with every child forked after it was made (an anonymous
